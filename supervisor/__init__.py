@@ -1,0 +1,44 @@
+"""containerd-supervisor: an asyncio container supervisor for containerd."""
+
+from .client import Client as Client
+from .client import Container as Container
+from .client import ExitStatus as ExitStatus
+from .client import FifoIO as FifoIO
+from .client import FileIO as FileIO
+from .client import NullIO as NullIO
+from .client import Process as Process
+from .client import Task as Task
+from .client import TaskStatus as TaskStatus
+from .client import oci_spec as oci_spec
+from .errors import AlreadyExists as AlreadyExists
+from .errors import ContainerdError as ContainerdError
+from .errors import FailedPrecondition as FailedPrecondition
+from .errors import InvalidArgument as InvalidArgument
+from .errors import NotFound as NotFound
+from .errors import SupervisorError as SupervisorError
+from .errors import Unavailable as Unavailable
+from .errors import Unimplemented as Unimplemented
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AlreadyExists",
+    "Client",
+    "Container",
+    "ContainerdError",
+    "ExitStatus",
+    "FailedPrecondition",
+    "FifoIO",
+    "FileIO",
+    "InvalidArgument",
+    "NotFound",
+    "NullIO",
+    "Process",
+    "SupervisorError",
+    "Task",
+    "TaskStatus",
+    "Unavailable",
+    "Unimplemented",
+    "__version__",
+    "oci_spec",
+)

@@ -1,0 +1,61 @@
+"""Typed async client for containerd: containers, tasks, exec processes, stdio."""
+
+from ._client import DEFAULT_ADDRESS as DEFAULT_ADDRESS
+from ._client import DEFAULT_FIFO_DIR as DEFAULT_FIFO_DIR
+from ._client import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
+from ._client import DEFAULT_RUNTIME as DEFAULT_RUNTIME
+from ._client import Client as Client
+from ._client import Container as Container
+from ._ids import validate_id as validate_id
+from ._io import FifoIO as FifoIO
+from ._io import FifoReader as FifoReader
+from ._io import FifoWriter as FifoWriter
+from ._io import FileIO as FileIO
+from ._io import NullIO as NullIO
+from ._io import ProcessIO as ProcessIO
+from ._spec import DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES
+from ._spec import Mount as Mount
+from ._spec import oci_spec as oci_spec
+from ._spec import process_spec as process_spec
+from ._tasks import Process as Process
+from ._tasks import Task as Task
+from ._types import ContainerInfo as ContainerInfo
+from ._types import ExitStatus as ExitStatus
+from ._types import ProcessInfo as ProcessInfo
+from ._types import ProcessState as ProcessState
+from ._types import Resources as Resources
+from ._types import RuncOptions as RuncOptions
+from ._types import Stats as Stats
+from ._types import TaskStatus as TaskStatus
+from ._types import Version as Version
+
+__all__ = (
+    "DEFAULT_ADDRESS",
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_FIFO_DIR",
+    "DEFAULT_NAMESPACE",
+    "DEFAULT_RUNTIME",
+    "Client",
+    "Container",
+    "ContainerInfo",
+    "ExitStatus",
+    "FifoIO",
+    "FifoReader",
+    "FifoWriter",
+    "FileIO",
+    "Mount",
+    "NullIO",
+    "Process",
+    "ProcessIO",
+    "ProcessInfo",
+    "ProcessState",
+    "Resources",
+    "RuncOptions",
+    "Stats",
+    "Task",
+    "TaskStatus",
+    "Version",
+    "oci_spec",
+    "process_spec",
+    "validate_id",
+)

@@ -1,0 +1,349 @@
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from grpclib.client import Channel
+
+from .._proto.containerd.services.containers import v1 as containers_pb
+from .._proto.containerd.services.events import v1 as events_pb
+from .._proto.containerd.services.tasks import v1 as tasks_pb
+from .._proto.containerd.services.version import v1 as version_pb
+from .._proto.google.protobuf import Empty, FieldMask
+from .._proto.grpc.health import v1 as health_pb
+from ..errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SupervisorError,
+    Unavailable,
+    map_errors,
+)
+from . import _wire
+from ._ids import validate_id
+from ._io import NullIO, ProcessIO
+from ._tasks import Task
+from ._types import ContainerInfo, ProcessState, RuncOptions, Version
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_RUNTIME = "io.containerd.runc.v2"
+DEFAULT_FIFO_DIR = "/run/containerd-supervisor/fifo"
+#: How long ``is_serving`` waits for containerd's health service (moby: 3 s).
+HEALTH_CHECK_TIMEOUT = 3.0
+_MAX_LABEL_SIZE = 4096
+#: Bound on the clean-up of a task whose creation was interrupted.
+DISCARD_TIMEOUT = 10.0
+
+
+class _State(enum.Enum):
+    UNOPENED = 1
+    OPEN = 2
+    CLOSED = 3
+
+
+def _socket_path(address: str) -> str:
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        raise InvalidArgument(f"containerd address {address!r} must be an absolute socket path")
+    return path
+
+
+def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in labels.items():
+        if not key or not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidArgument(f"label {key!r}={value!r}: keys and values must be strings")
+        if len(key) + len(value) > _MAX_LABEL_SIZE:
+            raise InvalidArgument(f"label {key!r} is longer than {_MAX_LABEL_SIZE} bytes")
+        out[key] = value
+    return out
+
+
+def container_info(c: containers_pb.Container) -> ContainerInfo:
+    runtime = c.runtime.name if c.runtime is not None else ""
+    return ContainerInfo(
+        id=c.id,
+        labels=dict(c.labels),
+        runtime=runtime,
+        spec=_wire.unpack_json(c.spec),
+        image=c.image,
+        created_at=_wire.timestamp(c.created_at),
+        updated_at=_wire.timestamp(c.updated_at),
+    )
+
+
+class Client:
+    """A typed async client for one containerd namespace.
+
+    Use it as an async context manager; the connection is made on the first
+    call and survives containerd restarts (calls in between raise
+    :class:`~supervisor.errors.Unavailable`)::
+
+        async with Client("/run/containerd/containerd.sock", "demo") as client:
+            print(await client.version())
+
+    ``fifo_dir`` is where :meth:`new_fifo_io` makes per-process FIFO
+    directories.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        fifo_dir: str = DEFAULT_FIFO_DIR,
+        runtime: str = DEFAULT_RUNTIME,
+    ) -> None:
+        self.address = _socket_path(address)
+        self.namespace = validate_id(namespace, "namespace")
+        self.fifo_dir = fifo_dir
+        self.runtime = runtime
+        self._state = _State.UNOPENED
+        self._channel: Channel | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError("a Client can be opened only once")
+        self._channel = Channel(path=self.address)
+        metadata = {"containerd-namespace": self.namespace}
+        self.containers_stub = containers_pb.ContainersStub(self._channel, metadata=metadata)
+        self.tasks_stub = tasks_pb.TasksStub(self._channel, metadata=metadata)
+        self.events_stub = events_pb.EventsStub(self._channel, metadata=metadata)
+        self._version = version_pb.VersionStub(self._channel)
+        self._health = health_pb.HealthStub(self._channel)
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection. Streams using it must have been closed first."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._state = _State.CLOSED
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"the Client is {self._state.name.lower()}; use 'async with'")
+
+    # -- daemon --------------------------------------------------------------
+
+    async def version(self) -> Version:
+        """containerd's version; raises ``Unavailable`` if it is not serving."""
+        self._check_open()
+        with map_errors("version"):
+            reply = await self._version.version(Empty())
+        return Version(version=reply.version, revision=reply.revision)
+
+    async def is_serving(self) -> bool:
+        """Whether containerd answers its health check as serving, within 3 s."""
+        self._check_open()
+        request = health_pb.HealthCheckRequest()
+        with anyio.move_on_after(HEALTH_CHECK_TIMEOUT):
+            try:
+                reply = await self._health.check(request, timeout=HEALTH_CHECK_TIMEOUT)
+            except Exception:
+                return False
+            serving: bool = reply.status == health_pb.HealthCheckResponseServingStatus.SERVING
+            return serving
+        return False
+
+    # -- containers ----------------------------------------------------------
+
+    async def create_container(
+        self,
+        container_id: str,
+        spec: Mapping[str, Any],
+        *,
+        labels: Mapping[str, str] | None = None,
+        runtime: str | None = None,
+        runtime_options: RuncOptions | None = None,
+    ) -> Container:
+        """Create a container record from an OCI spec (see :func:`oci_spec`).
+
+        A spec without ``linux.cgroupsPath`` gets ``/<namespace>/<id>``.
+        """
+        self._check_open()
+        validate_id(container_id, "container id")
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("process"), Mapping):
+            raise InvalidArgument("spec must be an OCI spec mapping with a 'process' object")
+        if not isinstance(spec.get("root"), Mapping) or not spec["root"].get("path"):
+            raise InvalidArgument("spec must have root.path")
+        spec = dict(spec)
+        linux = dict(spec.get("linux") or {})
+        linux.setdefault("cgroupsPath", f"/{self.namespace}/{container_id}")
+        spec["linux"] = linux
+        record = containers_pb.Container(
+            id=container_id,
+            labels=_check_labels(labels or {}),
+            runtime=containers_pb.ContainerRuntime(
+                name=runtime or self.runtime,
+                options=_wire.runc_options(runtime_options) if runtime_options else None,
+            ),
+            spec=_wire.pack_json(_wire.SPEC_TYPE_URL, spec),
+        )
+        with map_errors(f"create container {container_id}"):
+            reply = await self.containers_stub.create(
+                containers_pb.CreateContainerRequest(container=record)
+            )
+        assert reply.container is not None
+        return Container(self, container_info(reply.container))
+
+    async def load_container(self, container_id: str) -> Container:
+        """A handle on an existing container; ``NotFound`` if there is none."""
+        self._check_open()
+        validate_id(container_id, "container id")
+        return Container(self, await self._get_container(container_id))
+
+    async def _get_container(self, container_id: str) -> ContainerInfo:
+        with map_errors(f"get container {container_id}"):
+            reply = await self.containers_stub.get(
+                containers_pb.GetContainerRequest(id=container_id)
+            )
+        assert reply.container is not None
+        return container_info(reply.container)
+
+    async def list_containers(self, *filters: str) -> list[ContainerInfo]:
+        """Containers in the namespace matching any of containerd's ``filters``.
+
+        e.g. ``'labels."app"==web'``; within one filter ``,`` means AND.
+        """
+        self._check_open()
+        with map_errors("list containers"):
+            reply = await self.containers_stub.list(
+                containers_pb.ListContainersRequest(filters=list(filters))
+            )
+        return [container_info(c) for c in reply.containers]
+
+    async def list_tasks(self) -> list[ProcessState]:
+        """Every task (container init process) in the namespace."""
+        self._check_open()
+        with map_errors("list tasks"):
+            reply = await self.tasks_stub.list(tasks_pb.ListTasksRequest())
+        return [_wire.process_state(t) for t in reply.tasks]
+
+
+class Container:
+    """A handle on a container record; :attr:`info` is as of the last fetch."""
+
+    def __init__(self, client: Client, info: ContainerInfo) -> None:
+        self.client = client
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"<Container {self.id!r}>"
+
+    async def refresh(self) -> ContainerInfo:
+        """Fetch the record again."""
+        self.info = await self.client._get_container(self.id)
+        return self.info
+
+    async def update_labels(
+        self, labels: Mapping[str, str] | None = None, *, remove: Iterable[str] = ()
+    ) -> ContainerInfo:
+        """Set ``labels`` and drop the keys in ``remove``; other labels stay."""
+        labels = _check_labels(labels or {})
+        removed = [key for key in remove if key not in labels]
+        paths = [f"labels.{key}" for key in [*labels, *removed]]
+        if not paths:
+            return self.info
+        request = containers_pb.UpdateContainerRequest(
+            container=containers_pb.Container(id=self.id, labels=labels),
+            update_mask=FieldMask(paths=paths),
+        )
+        with map_errors(f"update container {self.id}"):
+            reply = await self.client.containers_stub.update(request)
+        assert reply.container is not None
+        self.info = container_info(reply.container)
+        return self.info
+
+    async def delete(self) -> None:
+        """Delete the record. ``FailedPrecondition`` while a task exists."""
+        try:
+            task = await self.task()
+        except NotFound:
+            pass
+        else:
+            state = await task.status()
+            raise FailedPrecondition(
+                f"container {self.id} still has a task ({state.status.value}); "
+                "delete the task first"
+            )
+        with map_errors(f"delete container {self.id}"):
+            await self.client.containers_stub.delete(
+                containers_pb.DeleteContainerRequest(id=self.id)
+            )
+
+    async def new_task(
+        self,
+        io: ProcessIO | None = None,
+        *,
+        restore_from: str | None = None,
+        runtime_options: RuncOptions | None = None,
+    ) -> Task:
+        """Create the container's task (its init process), not yet started.
+
+        The task owns ``io`` from here on: it is closed when the task is
+        deleted, or at once if creation fails. ``restore_from`` restores a
+        checkpoint written by :meth:`Task.checkpoint`.
+        """
+        io = io or NullIO()
+        try:
+            process = self.info.spec.get("process") or {}
+            if bool(process.get("terminal", False)) != io.terminal:
+                raise InvalidArgument(
+                    f"container {self.id}: the spec's process.terminal is "
+                    f"{bool(process.get('terminal'))} but the IO's terminal is {io.terminal}"
+                )
+            options = None
+            if restore_from is not None or runtime_options is not None:
+                options = _wire.runc_options(
+                    runtime_options or RuncOptions(), criu_image_path=restore_from or ""
+                )
+            request = tasks_pb.CreateTaskRequest(
+                container_id=self.id,
+                stdin=io.stdin,
+                stdout=io.stdout,
+                stderr=io.stderr,
+                terminal=io.terminal,
+                options=options,
+            )
+            with map_errors(f"create task {self.id}"):
+                reply = await self.client.tasks_stub.create(request)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if not isinstance(exc, SupervisorError) or isinstance(exc, Unavailable):
+                    # Cancelled or cut off mid-call: containerd may have made
+                    # the task anyway. Don't leave it behind.
+                    await self._discard_task()
+                await io.aclose()
+            raise
+        return Task(self, reply.pid, io)
+
+    async def _discard_task(self) -> None:
+        # Best effort: the task may never have existed.
+        with anyio.move_on_after(DISCARD_TIMEOUT), contextlib.suppress(Exception):
+            await self.client.tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
+
+    async def task(self, io: ProcessIO | None = None) -> Task:
+        """A handle on the existing task; ``NotFound`` if there is none."""
+        with map_errors(f"get task {self.id}"):
+            reply = await self.client.tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
+        assert reply.process is not None
+        return Task(self, reply.process.pid, io or NullIO())

@@ -1,0 +1,211 @@
+"""Process stdio: FIFO sets in private directories, files, or nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+from ..errors import InvalidArgument
+
+_READ_SIZE = 65536
+
+
+class FifoReader(ByteReceiveStream):
+    """The read end of a stdout or stderr FIFO, opened before the process exists.
+
+    ``receive()`` raises :class:`anyio.EndOfStream` once the process has exited
+    and the shim closed its end.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
+        # Wait before every read: a FIFO that never had a writer reads as EOF,
+        # but is only reported readable once the shim has opened its end.
+        while True:
+            if self._fd < 0:
+                raise anyio.ClosedResourceError
+            await anyio.wait_readable(self._fd)
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def read_all(self) -> bytes:
+        """Everything until the process's end of output."""
+        chunks = [chunk async for chunk in self]
+        return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+
+class FifoWriter(ByteSendStream):
+    """The write end of a stdin FIFO.
+
+    It is opened read-write so that it never blocks and never fails for want
+    of a reader; closing it is what the shim sees as end of input.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            if self._fd < 0:
+                raise anyio.ClosedResourceError
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+                continue
+            view = view[written:]
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            anyio.notify_closing(fd)
+            os.close(fd)
+
+
+class ProcessIO:
+    """Where a process's stdio goes. The base class is the null IO: nothing.
+
+    ``stdin``, ``stdout`` and ``stderr`` are the strings handed to containerd;
+    ``aclose()`` releases whatever the IO holds once the process is deleted.
+    """
+
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+    async def close_stdin(self) -> None:
+        """Close our end of stdin, if we hold one."""
+
+    async def aclose(self) -> None:
+        """Release file descriptors and remove any directory this IO made."""
+
+
+class NullIO(ProcessIO):
+    """No stdio at all: the shim connects the process to /dev/null."""
+
+
+class FileIO(ProcessIO):
+    """stdout and stderr appended to files by the shim itself.
+
+    Output is written even while no client is connected; nothing to clean up.
+    With ``terminal`` there is no separate stderr.
+    """
+
+    def __init__(
+        self,
+        stdout: str | os.PathLike[str],
+        stderr: str | os.PathLike[str] | None = None,
+        *,
+        terminal: bool = False,
+    ) -> None:
+        out = Path(stdout)
+        err = Path(stderr) if stderr is not None else out
+        for path in (out, err):
+            if not path.is_absolute():
+                raise InvalidArgument(f"log path {str(path)!r} must be absolute")
+            if not path.parent.is_dir():
+                raise InvalidArgument(f"log directory {str(path.parent)!r} does not exist")
+        self.terminal = terminal
+        self.stdout = f"file://{out}"
+        self.stderr = "" if terminal else f"file://{err}"
+
+
+class FifoIO(ProcessIO):
+    """A FIFO set in a private (0700) directory, read ends already open.
+
+    Make one with :meth:`create` before creating the task or exec; read
+    ``stdout``/``stderr`` output through :attr:`stdout_reader` and
+    :attr:`stderr_reader`, write input through :attr:`stdin_writer`.
+    The directory is removed by :meth:`aclose`, which ``Task.delete`` calls.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        stdin_writer: FifoWriter | None,
+        stdout_reader: FifoReader,
+        stderr_reader: FifoReader | None,
+        terminal: bool,
+    ) -> None:
+        self.directory = directory
+        self.stdin_writer = stdin_writer
+        self.stdout_reader = stdout_reader
+        self.stderr_reader = stderr_reader
+        self.terminal = terminal
+        self.stdin = str(stdin_writer.path) if stdin_writer else ""
+        self.stdout = str(stdout_reader.path)
+        self.stderr = str(stderr_reader.path) if stderr_reader else ""
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: str | os.PathLike[str],
+        name: str = "io",
+        *,
+        stdin: bool = False,
+        terminal: bool = False,
+    ) -> FifoIO:
+        """Make the FIFOs under a new private directory in ``base_dir``.
+
+        With ``terminal`` the process gets a pty and there is no stderr.
+        """
+        base = Path(base_dir)
+        base.mkdir(mode=0o711, parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+        opened: list[FifoReader | FifoWriter] = []
+        try:
+            streams = ["stdout"] + (["stdin"] if stdin else []) + ([] if terminal else ["stderr"])
+            for stream in streams:
+                os.mkfifo(directory / stream, 0o600)
+            writer = FifoWriter(directory / "stdin") if stdin else None
+            if writer:
+                opened.append(writer)
+            out = FifoReader(directory / "stdout")
+            opened.append(out)
+            err = None if terminal else FifoReader(directory / "stderr")
+            if err:
+                opened.append(err)
+        except BaseException:
+            for item in opened:
+                os.close(item._fd)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return cls(directory, writer, out, err, terminal)
+
+    async def close_stdin(self) -> None:
+        if self.stdin_writer is not None:
+            await self.stdin_writer.aclose()
+
+    async def aclose(self) -> None:
+        for item in (self.stdin_writer, self.stdout_reader, self.stderr_reader):
+            if item is not None:
+                await item.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.directory)

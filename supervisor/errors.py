@@ -1,0 +1,116 @@
+"""Errors raised by containerd-supervisor.
+
+Every failure that crosses the client boundary is one of these; gRPC and
+connection errors are translated in exactly one place, :func:`map_errors`.
+Cancellation and timeouts (``TimeoutError`` from ``anyio.fail_after``) are
+never translated.
+
+::
+
+    SupervisorError
+    ├── InvalidArgument        bad id, spec or option; nothing was created
+    ├── NotFound               no such container, task or process
+    ├── AlreadyExists          the id is taken
+    ├── FailedPrecondition     wrong state: a task still exists, not started...
+    ├── Unavailable            containerd is not serving (socket gone, refused, stream dropped)
+    ├── Unimplemented          containerd or the runtime does not support the call
+    └── ContainerdError        any other status containerd returned (carries it)
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+__all__ = (
+    "AlreadyExists",
+    "ContainerdError",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "SupervisorError",
+    "Unavailable",
+    "Unimplemented",
+    "map_errors",
+)
+
+
+class SupervisorError(Exception):
+    """Base class of every error this package raises."""
+
+
+class InvalidArgument(SupervisorError, ValueError):
+    """An argument was rejected (by us before any call, or by containerd)."""
+
+
+class NotFound(SupervisorError, LookupError):
+    """The container, task or process does not exist."""
+
+
+class AlreadyExists(SupervisorError):
+    """An object with this id already exists."""
+
+
+class FailedPrecondition(SupervisorError):
+    """The object is not in a state that allows the operation."""
+
+
+class Unavailable(SupervisorError, ConnectionError):
+    """containerd is not reachable or stopped serving during the call."""
+
+
+class Unimplemented(SupervisorError, NotImplementedError):
+    """The operation is not supported by containerd or the runtime."""
+
+
+class ContainerdError(SupervisorError):
+    """containerd failed the call with a status we do not map to a class."""
+
+    def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_BY_STATUS: dict[Status, type[SupervisorError]] = {
+    Status.NOT_FOUND: NotFound,
+    Status.ALREADY_EXISTS: AlreadyExists,
+    Status.FAILED_PRECONDITION: FailedPrecondition,
+    Status.INVALID_ARGUMENT: InvalidArgument,
+    Status.UNAVAILABLE: Unavailable,
+    Status.UNIMPLEMENTED: Unimplemented,
+}
+
+_CONNECTION_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
+
+
+def from_grpc(exc: GRPCError) -> SupervisorError:
+    """Translate a grpclib status error into our hierarchy."""
+    message = exc.message or exc.status.name.lower().replace("_", " ")
+    cls = _BY_STATUS.get(exc.status)
+    if cls is None:
+        return ContainerdError(message, exc.status)
+    return cls(message)
+
+
+@contextmanager
+def map_errors(what: str = "") -> Iterator[None]:
+    """Translate wire and connection errors raised inside the block.
+
+    ``what`` (e.g. ``"create task c1"``) prefixes connection-level messages so
+    the caller knows which operation lost the daemon.
+    """
+    prefix = f"{what}: " if what else ""
+    try:
+        yield
+    except GRPCError as exc:
+        raise from_grpc(exc) from exc
+    except (StreamTerminatedError, ProtocolError) as exc:
+        raise Unavailable(f"{prefix}connection to containerd lost ({exc})") from exc
+    except OSError as exc:
+        if isinstance(exc, ConnectionError) or exc.errno in _CONNECTION_ERRNOS:
+            raise Unavailable(f"{prefix}cannot reach containerd: {exc.strerror or exc}") from exc
+        raise

@@ -1,0 +1,10 @@
+"""Helpers for testing against a real containerd: a private daemon and a busybox rootfs.
+
+Used by this project's tests and benchmarks, and usable by embedders' tests.
+"""
+
+from ._containerd import ContainerdProcess as ContainerdProcess
+from ._containerd import start_containerd as start_containerd
+from ._rootfs import busybox_rootfs as busybox_rootfs
+
+__all__ = ("ContainerdProcess", "busybox_rootfs", "start_containerd")

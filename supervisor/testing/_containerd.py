@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: How long a private containerd gets to start serving (moby allows 15 s).
+START_TIMEOUT = 15.0
+#: How long it gets to stop on SIGTERM before SIGKILL.
+STOP_TIMEOUT = 15.0
+
+_CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  address = "{sock}.debug"
+"""
+
+
+@dataclass
+class ContainerdProcess:
+    """A private containerd: its directories, socket and process."""
+
+    base: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return str(self.base / "containerd.sock")
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def task_state_dir(self, namespace: str) -> Path:
+        """Where the runc v2 shims keep a namespace's task bundles."""
+        return self.state / "io.containerd.runtime.v2.task" / namespace
+
+    def our_shims(self) -> list[int]:
+        """Pids of shims serving this containerd (their command line names our socket)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"containerd-shim-runc-v2") and (
+                self.address.encode() in args
+            ):
+                pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        """SIGTERM, up to 15 s, then SIGKILL; then end any shim it left behind."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        for pid in self.our_shims():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL containerd itself (the shims and containers live on)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        """Start containerd again on the same directories and socket."""
+        self.kill()
+        self.process = _spawn(self.base, self.log_path)
+        _wait_serving(self)
+
+
+def _spawn(base: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("containerd")
+    if binary is None:
+        raise FileNotFoundError("containerd is not installed (Debian: containerd)")
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [binary, "--config", str(base / "config.toml")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _wait_serving(c: ContainerdProcess) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    delay = 0.005
+    while True:
+        if c.process.poll() is not None:
+            tail = c.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"containerd exited with {c.process.returncode}:\n{tail}")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(c.address)
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            c.stop()
+            raise TimeoutError(f"containerd did not serve on {c.address} within {START_TIMEOUT}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def start_containerd(base: str | os.PathLike[str]) -> ContainerdProcess:
+    """Start a private containerd under ``base`` (root, state, socket; CRI off).
+
+    Returns once its socket accepts connections. Stop it with ``.stop()``.
+    """
+    base = Path(base)
+    for sub in ("root", "state"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    sock = base / "containerd.sock"
+    (base / "config.toml").write_text(
+        _CONFIG.format(root=base / "root", state=base / "state", sock=sock)
+    )
+    log_path = base / "containerd.log"
+    c = ContainerdProcess(base=base, process=_spawn(base, log_path), log_path=log_path)
+    _wait_serving(c)
+    return c

@@ -1,0 +1,117 @@
+"""A private containerd for the session, a busybox rootfs, and a leak-checked
+client in a fresh namespace for every test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import Client, NotFound
+from supervisor.testing import ContainerdProcess, busybox_rootfs, start_containerd
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "integration tests need root (containerd and runc)"
+    for binary in ("containerd", "containerd-shim-runc-v2", "runc", "busybox"):
+        if shutil.which(binary) is None:
+            return f"{binary} is not installed (apt-get install containerd runc busybox-static)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdProcess]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    daemon = start_containerd(tmp_path_factory.mktemp("containerd"))
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    return busybox_rootfs(tmp_path_factory.mktemp("rootfs"))
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:50]
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def fifo_dir(tmp_path: Path) -> Path:
+    return tmp_path / "fifo"
+
+
+def _cgroup_leftovers(namespace: str) -> list[Path]:
+    found = []
+    if CGROUP_ROOT.is_dir():
+        for controller in CGROUP_ROOT.iterdir():
+            ns_dir = controller / namespace
+            if ns_dir.is_dir():
+                found += [p for p in ns_dir.iterdir() if p.is_dir()]
+    return found
+
+
+def _remove_cgroups(namespace: str) -> None:
+    if CGROUP_ROOT.is_dir():
+        for controller in CGROUP_ROOT.iterdir():
+            ns_dir = controller / namespace
+            if ns_dir.is_dir():
+                for child in ns_dir.iterdir():
+                    if child.is_dir():
+                        child.rmdir()
+                ns_dir.rmdir()
+
+
+async def leak_check(
+    client: Client, containerd: ContainerdProcess, fifo_dir: Path
+) -> list[str]:
+    """Everything the test left in its namespace; removes it all."""
+    leaks: list[str] = []
+    for state in await client.list_tasks():
+        leaks.append(f"task {state.container_id} ({state.status.value})")
+        container = await client.load_container(state.container_id)
+        await (await container.task()).force_delete()
+    for info in await client.list_containers():
+        leaks.append(f"container {info.id}")
+        try:
+            await (await client.load_container(info.id)).delete()
+        except NotFound:
+            pass
+    if fifo_dir.is_dir():
+        for entry in fifo_dir.iterdir():
+            leaks.append(f"fifo dir {entry}")
+            shutil.rmtree(entry, ignore_errors=True)
+    leaks += [f"cgroup {p}" for p in _cgroup_leftovers(client.namespace)]
+    bundles = containerd.task_state_dir(client.namespace)
+    if bundles.is_dir():
+        leaks += [f"task bundle {p}" for p in bundles.iterdir()]
+    _remove_cgroups(client.namespace)
+    return leaks
+
+
+@pytest.fixture
+async def client(
+    containerd: ContainerdProcess, namespace: str, fifo_dir: Path
+) -> AsyncIterator[Client]:
+    async with Client(containerd.address, namespace, fifo_dir=str(fifo_dir)) as c:
+        yield c
+        leaks = await leak_check(c, containerd, fifo_dir)
+    if leaks:
+        pytest.fail("left behind: " + ", ".join(leaks))
