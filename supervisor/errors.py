@@ -84,6 +84,14 @@ _BY_STATUS: dict[Status, type[SupervisorError]] = {
     Status.UNIMPLEMENTED: Unimplemented,
 }
 
+# containerd 1.6 returns some state errors as UNKNOWN; these messages say
+# what they are.
+_UNKNOWN_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
+    ("cannot delete a running process", FailedPrecondition),
+    ("container is paused", FailedPrecondition),
+    ("not running", FailedPrecondition),
+)
+
 _CONNECTION_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
 
 
@@ -91,6 +99,8 @@ def from_grpc(exc: GRPCError) -> SupervisorError:
     """Translate a grpclib status error into our hierarchy."""
     message = exc.message or exc.status.name.lower().replace("_", " ")
     cls = _BY_STATUS.get(exc.status)
+    if cls is None and exc.status is Status.UNKNOWN:
+        cls = next((c for text, c in _UNKNOWN_BY_MESSAGE if text in message), None)
     if cls is None:
         return ContainerdError(message, exc.status)
     return cls(message)

@@ -56,6 +56,7 @@ class _Process:
         self._stdin_ready = True
         if self._stdin_close_pending:
             self._stdin_close_pending = False
+            await self.io.close_stdin()
             await self._close_io()
         return self.pid
 
@@ -86,7 +87,7 @@ class _Process:
                 tasks_pb.GetRequest(container_id=self.container_id, exec_id=self.exec_id)
             )
         assert reply.process is not None
-        return _wire.process_state(reply.process)
+        return _wire.process_state(reply.process, self.container_id, self.exec_id)
 
     async def resize(self, width: int, height: int) -> None:
         """Resize the process's terminal."""
@@ -106,10 +107,12 @@ class _Process:
 
     async def close_stdin(self) -> None:
         """Signal end of input. For an exec not yet started, done right after start."""
-        await self.io.close_stdin()
         if self._stdin_ready:
+            await self.io.close_stdin()
             await self._close_io()
         else:
+            # Closing our end now would discard what was written: a FIFO's
+            # buffer dies with its last open descriptor.
             self._stdin_close_pending = True
 
     async def _close_io(self) -> None:

@@ -64,12 +64,14 @@ def exit_status(code: int, exited_at: datetime | None) -> ExitStatus:
     return ExitStatus(code=code, exited_at=timestamp(exited_at))
 
 
-def process_state(p: task_pb.Process) -> ProcessState:
+def process_state(p: task_pb.Process, container_id: str = "", exec_id: str = "") -> ProcessState:
+    """containerd leaves ``container_id`` empty and puts the task's or the
+    exec's id in ``id``; the caller says which this record is."""
     status = _STATUS.get(p.status, TaskStatus.UNKNOWN)
     exited = status is TaskStatus.STOPPED
     return ProcessState(
-        container_id=p.container_id,
-        exec_id=p.id if p.id and p.id != p.container_id else None,
+        container_id=container_id or p.container_id or p.id,
+        exec_id=exec_id or None,
         pid=p.pid,
         status=status,
         exit_status=exit_status(p.exit_status, p.exited_at) if exited else None,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 #: How long a private containerd gets to start serving (moby allows 15 s).
 START_TIMEOUT = 15.0
+#: Where the runc v2 shim keeps runc's state, one directory per namespace.
+RUNC_ROOT = Path("/run/containerd/runc")
 #: How long it gets to stop on SIGTERM before SIGKILL.
 STOP_TIMEOUT = 15.0
 
@@ -77,7 +79,11 @@ class ContainerdProcess:
         return pids
 
     def stop(self) -> None:
-        """SIGTERM, up to 15 s, then SIGKILL; then end any shim it left behind."""
+        """SIGTERM, up to 15 s, then SIGKILL; then end what its shims left running.
+
+        Containers still running at this point are a test's leak: their
+        processes, shims and runc state are removed so the machine stays clean.
+        """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -85,9 +91,23 @@ class ContainerdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
-        for pid in self.our_shims():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for shim in self.our_shims():
+            for pid in [*_descendants(shim), shim]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        tasks_dir = self.state / "io.containerd.runtime.v2.task"
+        namespaces = [p.name for p in tasks_dir.iterdir()] if tasks_dir.is_dir() else []
+        for namespace in namespaces:
+            runc_root = RUNC_ROOT / namespace
+            if runc_root.is_dir():
+                for entry in runc_root.iterdir():
+                    subprocess.run(
+                        ["runc", "--root", str(runc_root), "delete", "--force", entry.name],
+                        capture_output=True,
+                        timeout=STOP_TIMEOUT,
+                    )
+                with contextlib.suppress(OSError):
+                    runc_root.rmdir()
 
     def kill(self) -> None:
         """SIGKILL containerd itself (the shims and containers live on)."""
@@ -100,6 +120,25 @@ class ContainerdProcess:
         self.kill()
         self.process = _spawn(self.base, self.log_path)
         _wait_serving(self)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            threads = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                children = [int(c) for c in (thread / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            queue += children
+    return found
 
 
 def _spawn(base: Path, log_path: Path) -> subprocess.Popen[bytes]:

@@ -3,6 +3,7 @@ client in a fresh namespace for every test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from supervisor import Client, NotFound
 from supervisor.testing import ContainerdProcess, busybox_rootfs, start_containerd
+from supervisor.testing._containerd import RUNC_ROOT
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -102,6 +104,11 @@ async def leak_check(
     bundles = containerd.task_state_dir(client.namespace)
     if bundles.is_dir():
         leaks += [f"task bundle {p}" for p in bundles.iterdir()]
+    runc_state = RUNC_ROOT / client.namespace
+    if runc_state.is_dir():
+        leaks += [f"runc state {p}" for p in runc_state.iterdir()]
+        with contextlib.suppress(OSError):
+            runc_state.rmdir()
     _remove_cgroups(client.namespace)
     return leaks
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from supervisor import Client, Container, FifoIO, Task
+from supervisor import Client, Container, FifoIO, NotFound, Task
 from supervisor.client import oci_spec
 
 #: Bound on any single wait in a test; containerd answers in milliseconds.
@@ -28,13 +29,12 @@ async def start_with_fifos(
     return task, io
 
 
-async def remove(container: Container) -> None:
-    """Force-delete the task if any, then the container."""
+async def remove(container: Container, task: Task | None = None) -> None:
+    """Force-delete the task (this handle, to release its IO), then the container."""
     with anyio.fail_after(WAIT):
-        try:
-            task = await container.task()
-        except Exception:
-            task = None
+        if task is None:
+            with contextlib.suppress(NotFound):
+                task = await container.task()
         if task is not None:
             await task.force_delete()
         await container.delete()

@@ -11,6 +11,8 @@ from supervisor.client import FileIO, NullIO
 
 from .helpers import WAIT, make_container, remove, start_with_fifos
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_version_and_health(client: Client) -> None:
     version = await client.version()
