@@ -99,8 +99,13 @@ def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
         lines = []
     for line in lines:
         fields = line.split(":")
-        if len(fields) >= 4 and fields[0] == name:
-            return int(fields[2]), int(fields[3])
+        if len(fields) >= 3 and fields[0] == name:
+            try:
+                gid = int(fields[3]) if table == "passwd" else 0
+                return int(fields[2]), gid
+            except (ValueError, IndexError):
+                break
+
     raise InvalidArgument(f"user or group {name!r} is not in {rootfs}/etc/{table}")
 
 

@@ -72,8 +72,10 @@ class ContainerdProcess:
                 args = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if args and args[0].endswith(b"containerd-shim-runc-v2") and (
-                self.address.encode() in args
+            if (
+                args
+                and args[0].endswith(b"containerd-shim-runc-v2")
+                and (self.address.encode() in args)
             ):
                 pids.append(int(entry.name))
         return pids

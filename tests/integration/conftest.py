@@ -81,9 +81,7 @@ def _remove_cgroups(namespace: str) -> None:
                 ns_dir.rmdir()
 
 
-async def leak_check(
-    client: Client, containerd: ContainerdProcess, fifo_dir: Path
-) -> list[str]:
+async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Path) -> list[str]:
     """Everything the test left in its namespace; removes it all."""
     leaks: list[str] = []
     for state in await client.list_tasks():
@@ -92,10 +90,8 @@ async def leak_check(
         await (await container.task()).force_delete()
     for info in await client.list_containers():
         leaks.append(f"container {info.id}")
-        try:
+        with contextlib.suppress(NotFound):
             await (await client.load_container(info.id)).delete()
-        except NotFound:
-            pass
     if fifo_dir.is_dir():
         for entry in fifo_dir.iterdir():
             leaks.append(f"fifo dir {entry}")

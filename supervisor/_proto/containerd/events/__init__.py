@@ -35,9 +35,7 @@ class TaskCheckpointed(betterproto2.Message):
     checkpoint: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "containerd.events", "TaskCheckpointed", TaskCheckpointed
-)
+default_message_pool.register_message("containerd.events", "TaskCheckpointed", TaskCheckpointed)
 
 
 @dataclass(eq=False, repr=False)
@@ -46,13 +44,9 @@ class TaskCreate(betterproto2.Message):
 
     bundle: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    rootfs: "list[_types__.Mount]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    rootfs: "list[_types__.Mount]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    io: "TaskIo | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    io: "TaskIo | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     checkpoint: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
@@ -71,10 +65,7 @@ class TaskDelete(betterproto2.Message):
     exit_status: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
     exited_at: "datetime.datetime | None" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
     id: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
@@ -90,9 +81,7 @@ class TaskExecAdded(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "containerd.events", "TaskExecAdded", TaskExecAdded
-)
+default_message_pool.register_message("containerd.events", "TaskExecAdded", TaskExecAdded)
 
 
 @dataclass(eq=False, repr=False)
@@ -104,9 +93,7 @@ class TaskExecStarted(betterproto2.Message):
     pid: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "containerd.events", "TaskExecStarted", TaskExecStarted
-)
+default_message_pool.register_message("containerd.events", "TaskExecStarted", TaskExecStarted)
 
 
 @dataclass(eq=False, repr=False)
@@ -120,10 +107,7 @@ class TaskExit(betterproto2.Message):
     exit_status: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
     exited_at: "datetime.datetime | None" = betterproto2.field(
-        5,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
 

@@ -37,24 +37,17 @@ class ContentDescriptor(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         5,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
 
-default_message_pool.register_message(
-    "containerd.types", "ContentDescriptor", ContentDescriptor
-)
+default_message_pool.register_message("containerd.types", "ContentDescriptor", ContentDescriptor)
 
 
 @dataclass(eq=False, repr=False)
 class Metric(betterproto2.Message):
     timestamp: "datetime.datetime | None" = betterproto2.field(
-        1,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
     id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -75,9 +68,7 @@ class Mount(betterproto2.Message):
 
     target: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    options: "list[str]" = betterproto2.field(
-        4, betterproto2.TYPE_STRING, repeated=True
-    )
+    options: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message("containerd.types", "Mount", Mount)

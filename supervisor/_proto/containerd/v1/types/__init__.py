@@ -53,10 +53,7 @@ class Process(betterproto2.Message):
     exit_status: "int" = betterproto2.field(9, betterproto2.TYPE_UINT32)
 
     exited_at: "datetime.datetime | None" = betterproto2.field(
-        10,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ___google__protobuf__.Timestamp,
-        optional=True,
+        10, betterproto2.TYPE_MESSAGE, unwrap=lambda: ___google__protobuf__.Timestamp, optional=True
     )
 
 

@@ -45,9 +45,7 @@ class Container(betterproto2.Message):
     labels: "dict[str, str]" = betterproto2.field(
         2,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
     image: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -65,31 +63,21 @@ class Container(betterproto2.Message):
     snapshot_key: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
 
     created_at: "datetime.datetime | None" = betterproto2.field(
-        8,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ____google__protobuf__.Timestamp,
-        optional=True,
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
 
     updated_at: "datetime.datetime | None" = betterproto2.field(
-        9,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ____google__protobuf__.Timestamp,
-        optional=True,
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
 
     extensions: "dict[str, ____google__protobuf__.Any]" = betterproto2.field(
         10,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
     )
 
 
-default_message_pool.register_message(
-    "containerd.services.containers.v1", "Container", Container
-)
+default_message_pool.register_message("containerd.services.containers.v1", "Container", Container)
 
 
 @dataclass(eq=False, repr=False)
@@ -108,29 +96,21 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class CreateContainerRequest(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "CreateContainerRequest",
-    CreateContainerRequest,
+    "containerd.services.containers.v1", "CreateContainerRequest", CreateContainerRequest
 )
 
 
 @dataclass(eq=False, repr=False)
 class CreateContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "CreateContainerResponse",
-    CreateContainerResponse,
+    "containerd.services.containers.v1", "CreateContainerResponse", CreateContainerResponse
 )
 
 
@@ -140,9 +120,7 @@ class DeleteContainerRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "DeleteContainerRequest",
-    DeleteContainerRequest,
+    "containerd.services.containers.v1", "DeleteContainerRequest", DeleteContainerRequest
 )
 
 
@@ -158,9 +136,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
@@ -170,9 +146,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainersRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
@@ -182,23 +156,17 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListContainersResponse(betterproto2.Message):
-    containers: "list[Container]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    containers: "list[Container]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "ListContainersResponse",
-    ListContainersResponse,
+    "containerd.services.containers.v1", "ListContainersResponse", ListContainersResponse
 )
 
 
 @dataclass(eq=False, repr=False)
 class UpdateContainerRequest(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
     update_mask: "____google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
@@ -206,23 +174,17 @@ class UpdateContainerRequest(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "UpdateContainerRequest",
-    UpdateContainerRequest,
+    "containerd.services.containers.v1", "UpdateContainerRequest", UpdateContainerRequest
 )
 
 
 @dataclass(eq=False, repr=False)
 class UpdateContainerResponse(betterproto2.Message):
-    container: "Container | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    container: "Container | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
-    "containerd.services.containers.v1",
-    "UpdateContainerResponse",
-    UpdateContainerResponse,
+    "containerd.services.containers.v1", "UpdateContainerResponse", UpdateContainerResponse
 )
 
 
@@ -330,21 +292,15 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def create(
-        self, message: "CreateContainerRequest"
-    ) -> "CreateContainerResponse":
+    async def create(self, message: "CreateContainerRequest") -> "CreateContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(
-        self, message: "UpdateContainerRequest"
-    ) -> "UpdateContainerResponse":
+    async def update(self, message: "UpdateContainerRequest") -> "UpdateContainerResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete(
-        self, message: "DeleteContainerRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def delete(self, message: "DeleteContainerRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -357,8 +313,7 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list(
-        self,
-        stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]",
+        self, stream: "grpclib.server.Stream[ListContainersRequest, ListContainersResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -366,8 +321,7 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_create(
-        self,
-        stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]",
+        self, stream: "grpclib.server.Stream[CreateContainerRequest, CreateContainerResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -375,8 +329,7 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self,
-        stream: "grpclib.server.Stream[UpdateContainerRequest, UpdateContainerResponse]",
+        self, stream: "grpclib.server.Stream[UpdateContainerRequest, UpdateContainerResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -384,8 +337,7 @@ class ContainersBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_delete(
-        self,
-        stream: "grpclib.server.Stream[DeleteContainerRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[DeleteContainerRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

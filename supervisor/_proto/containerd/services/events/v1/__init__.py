@@ -35,10 +35,7 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 @dataclass(eq=False, repr=False)
 class Envelope(betterproto2.Message):
     timestamp: "datetime.datetime | None" = betterproto2.field(
-        1,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ____google__protobuf__.Timestamp,
-        optional=True,
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
 
     namespace: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
@@ -50,16 +47,12 @@ class Envelope(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "containerd.services.events.v1", "Envelope", Envelope
-)
+default_message_pool.register_message("containerd.services.events.v1", "Envelope", Envelope)
 
 
 @dataclass(eq=False, repr=False)
 class ForwardRequest(betterproto2.Message):
-    envelope: "Envelope | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    envelope: "Envelope | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
@@ -83,9 +76,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class SubscribeRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
@@ -154,15 +145,11 @@ from .....google import protobuf as ____google__protobuf__
 
 
 class EventsBase(betterproto2_grpclib.ServiceBase):
-    async def publish(
-        self, message: "PublishRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def publish(self, message: "PublishRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def forward(
-        self, message: "ForwardRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def forward(self, message: "ForwardRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -172,8 +159,7 @@ class EventsBase(betterproto2_grpclib.ServiceBase):
         yield Envelope()
 
     async def __rpc_publish(
-        self,
-        stream: "grpclib.server.Stream[PublishRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[PublishRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -181,8 +167,7 @@ class EventsBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_forward(
-        self,
-        stream: "grpclib.server.Stream[ForwardRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[ForwardRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

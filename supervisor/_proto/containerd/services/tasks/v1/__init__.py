@@ -160,10 +160,7 @@ class DeleteResponse(betterproto2.Message):
     exit_status: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
     exited_at: "datetime.datetime | None" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ____google__protobuf__.Timestamp,
-        optional=True,
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
 
 
@@ -213,9 +210,7 @@ class GetRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "GetRequest", GetRequest
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "GetRequest", GetRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -225,9 +220,7 @@ class GetResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "GetResponse", GetResponse
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "GetResponse", GetResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -241,9 +234,7 @@ class KillRequest(betterproto2.Message):
     all: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "KillRequest", KillRequest
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "KillRequest", KillRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -292,9 +283,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class MetricsRequest(betterproto2.Message):
-    filters: "list[str]" = betterproto2.field(
-        1, betterproto2.TYPE_STRING, repeated=True
-    )
+    filters: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message(
@@ -357,9 +346,7 @@ class StartRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "StartRequest", StartRequest
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "StartRequest", StartRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -383,9 +370,7 @@ class UpdateTaskRequest(betterproto2.Message):
     annotations: "dict[str, str]" = betterproto2.field(
         3,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_STRING
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
     )
 
 
@@ -401,9 +386,7 @@ class WaitRequest(betterproto2.Message):
     exec_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "WaitRequest", WaitRequest
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "WaitRequest", WaitRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -411,16 +394,11 @@ class WaitResponse(betterproto2.Message):
     exit_status: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
 
     exited_at: "datetime.datetime | None" = betterproto2.field(
-        2,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: ____google__protobuf__.Timestamp,
-        optional=True,
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: ____google__protobuf__.Timestamp, optional=True
     )
 
 
-default_message_pool.register_message(
-    "containerd.services.tasks.v1", "WaitResponse", WaitResponse
-)
+default_message_pool.register_message("containerd.services.tasks.v1", "WaitResponse", WaitResponse)
 
 
 class TasksStub(betterproto2_grpclib.ServiceStub):
@@ -765,33 +743,23 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def exec(
-        self, message: "ExecProcessRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def exec(self, message: "ExecProcessRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def resize_pty(
-        self, message: "ResizePtyRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def resize_pty(self, message: "ResizePtyRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def close_io(
-        self, message: "CloseIoRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def close_io(self, message: "CloseIoRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def pause(
-        self, message: "PauseTaskRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def pause(self, message: "PauseTaskRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def resume(
-        self, message: "ResumeTaskRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def resume(self, message: "ResumeTaskRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -799,15 +767,11 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def checkpoint(
-        self, message: "CheckpointTaskRequest"
-    ) -> "CheckpointTaskResponse":
+    async def checkpoint(self, message: "CheckpointTaskRequest") -> "CheckpointTaskResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def update(
-        self, message: "UpdateTaskRequest"
-    ) -> "____google__protobuf__.Empty":
+    async def update(self, message: "UpdateTaskRequest") -> "____google__protobuf__.Empty":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -851,9 +815,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         response = await self.delete_process(request)
         await stream.send_message(response)
 
-    async def __rpc_get(
-        self, stream: "grpclib.server.Stream[GetRequest, GetResponse]"
-    ) -> None:
+    async def __rpc_get(self, stream: "grpclib.server.Stream[GetRequest, GetResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get(request)
@@ -876,8 +838,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_exec(
-        self,
-        stream: "grpclib.server.Stream[ExecProcessRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[ExecProcessRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -885,8 +846,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resize_pty(
-        self,
-        stream: "grpclib.server.Stream[ResizePtyRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[ResizePtyRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -894,8 +854,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_close_io(
-        self,
-        stream: "grpclib.server.Stream[CloseIoRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[CloseIoRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -903,8 +862,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pause(
-        self,
-        stream: "grpclib.server.Stream[PauseTaskRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[PauseTaskRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -912,8 +870,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_resume(
-        self,
-        stream: "grpclib.server.Stream[ResumeTaskRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[ResumeTaskRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -929,8 +886,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_checkpoint(
-        self,
-        stream: "grpclib.server.Stream[CheckpointTaskRequest, CheckpointTaskResponse]",
+        self, stream: "grpclib.server.Stream[CheckpointTaskRequest, CheckpointTaskResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -938,8 +894,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_update(
-        self,
-        stream: "grpclib.server.Stream[UpdateTaskRequest, ____google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[UpdateTaskRequest, ____google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -954,9 +909,7 @@ class TasksBase(betterproto2_grpclib.ServiceBase):
         response = await self.metrics(request)
         await stream.send_message(response)
 
-    async def __rpc_wait(
-        self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]"
-    ) -> None:
+    async def __rpc_wait(self, stream: "grpclib.server.Stream[WaitRequest, WaitResponse]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.wait(request)

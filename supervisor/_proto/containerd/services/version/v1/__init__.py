@@ -62,15 +62,12 @@ from .....google import protobuf as ____google__protobuf__
 
 
 class VersionBase(betterproto2_grpclib.ServiceBase):
-    async def version(
-        self, message: "____google__protobuf__.Empty"
-    ) -> "VersionResponse":
+    async def version(self, message: "____google__protobuf__.Empty") -> "VersionResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_version(
-        self,
-        stream: "grpclib.server.Stream[____google__protobuf__.Empty, VersionResponse]",
+        self, stream: "grpclib.server.Stream[____google__protobuf__.Empty, VersionResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None

@@ -26,13 +26,9 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 @dataclass(eq=False, repr=False)
 class CpuStat(betterproto2.Message):
-    usage: "CpuUsage | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    usage: "CpuUsage | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
-    throttling: "Throttle | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    throttling: "Throttle | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("io.containerd.cgroups.v1", "CPUStat", CpuStat)
@@ -46,9 +42,7 @@ class CpuUsage(betterproto2.Message):
 
     user: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
 
-    per_cpu: "list[int]" = betterproto2.field(
-        4, betterproto2.TYPE_UINT64, repeated=True
-    )
+    per_cpu: "list[int]" = betterproto2.field(4, betterproto2.TYPE_UINT64, repeated=True)
 
 
 default_message_pool.register_message("io.containerd.cgroups.v1", "CPUUsage", CpuUsage)
@@ -65,9 +59,7 @@ class MemoryEntry(betterproto2.Message):
     failcnt: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "io.containerd.cgroups.v1", "MemoryEntry", MemoryEntry
-)
+default_message_pool.register_message("io.containerd.cgroups.v1", "MemoryEntry", MemoryEntry)
 
 
 @dataclass(eq=False, repr=False)
@@ -100,37 +92,23 @@ class MemoryStat(betterproto2.Message):
 
     total_rss: "int" = betterproto2.field(19, betterproto2.TYPE_UINT64)
 
-    usage: "MemoryEntry | None" = betterproto2.field(
-        33, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    usage: "MemoryEntry | None" = betterproto2.field(33, betterproto2.TYPE_MESSAGE, optional=True)
 
-    swap: "MemoryEntry | None" = betterproto2.field(
-        34, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    swap: "MemoryEntry | None" = betterproto2.field(34, betterproto2.TYPE_MESSAGE, optional=True)
 
-    kernel: "MemoryEntry | None" = betterproto2.field(
-        35, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    kernel: "MemoryEntry | None" = betterproto2.field(35, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "io.containerd.cgroups.v1", "MemoryStat", MemoryStat
-)
+default_message_pool.register_message("io.containerd.cgroups.v1", "MemoryStat", MemoryStat)
 
 
 @dataclass(eq=False, repr=False)
 class Metrics(betterproto2.Message):
-    pids: "PidsStat | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    pids: "PidsStat | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    cpu: "CpuStat | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    cpu: "CpuStat | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
-    memory: "MemoryStat | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    memory: "MemoryStat | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     memory_oom_control: "MemoryOomControl | None" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, optional=True

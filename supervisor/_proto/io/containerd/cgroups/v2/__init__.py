@@ -52,9 +52,7 @@ class MemoryEvents(betterproto2.Message):
     oom_kill: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "io.containerd.cgroups.v2", "MemoryEvents", MemoryEvents
-)
+default_message_pool.register_message("io.containerd.cgroups.v2", "MemoryEvents", MemoryEvents)
 
 
 @dataclass(eq=False, repr=False)
@@ -78,24 +76,16 @@ class MemoryStat(betterproto2.Message):
     swap_limit: "int" = betterproto2.field(35, betterproto2.TYPE_UINT64)
 
 
-default_message_pool.register_message(
-    "io.containerd.cgroups.v2", "MemoryStat", MemoryStat
-)
+default_message_pool.register_message("io.containerd.cgroups.v2", "MemoryStat", MemoryStat)
 
 
 @dataclass(eq=False, repr=False)
 class Metrics(betterproto2.Message):
-    pids: "PidsStat | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    pids: "PidsStat | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
-    cpu: "CpuStat | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    cpu: "CpuStat | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
-    memory: "MemoryStat | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    memory: "MemoryStat | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     memory_events: "MemoryEvents | None" = betterproto2.field(
         8, betterproto2.TYPE_MESSAGE, optional=True
