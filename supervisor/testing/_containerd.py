@@ -14,6 +14,7 @@ from pathlib import Path
 START_TIMEOUT = 15.0
 #: Where the runc v2 shim keeps runc's state, one directory per namespace.
 RUNC_ROOT = Path("/run/containerd/runc")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: How long it gets to stop on SIGTERM before SIGKILL.
 STOP_TIMEOUT = 15.0
 
@@ -122,6 +123,34 @@ class ContainerdProcess:
         self.kill()
         self.process = _spawn(self.base, self.log_path)
         _wait_serving(self)
+
+
+def namespace_leftovers(namespace: str) -> list[Path]:
+    """Container cgroups and runc state still present for ``namespace``."""
+    found: list[Path] = []
+    if CGROUP_ROOT.is_dir():
+        for controller in CGROUP_ROOT.iterdir():
+            ns_dir = controller / namespace
+            if ns_dir.is_dir():
+                found += [p for p in ns_dir.iterdir() if p.is_dir()]
+    runc_state = RUNC_ROOT / namespace
+    if runc_state.is_dir():
+        found += list(runc_state.iterdir())
+    return found
+
+
+def remove_namespace_dirs(namespace: str) -> None:
+    """Remove the per-namespace cgroup parents and runc root left once every
+    container of ``namespace`` is gone (runc never removes them)."""
+    candidates = [c / namespace for c in CGROUP_ROOT.iterdir()] if CGROUP_ROOT.is_dir() else []
+    for directory in [*candidates, RUNC_ROOT / namespace]:
+        if directory.is_dir():
+            for child in directory.iterdir():
+                if child.is_dir() and directory != RUNC_ROOT / namespace:
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _descendants(pid: int) -> list[int]:

@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from supervisor import Client, NotFound
-from supervisor.testing import ContainerdProcess, busybox_rootfs, start_containerd
-from supervisor.testing._containerd import RUNC_ROOT
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from supervisor.testing import (
+    ContainerdProcess,
+    busybox_rootfs,
+    namespace_leftovers,
+    remove_namespace_dirs,
+    start_containerd,
+)
 
 
 def _missing() -> str | None:
@@ -60,27 +63,6 @@ def fifo_dir(tmp_path: Path) -> Path:
     return tmp_path / "fifo"
 
 
-def _cgroup_leftovers(namespace: str) -> list[Path]:
-    found = []
-    if CGROUP_ROOT.is_dir():
-        for controller in CGROUP_ROOT.iterdir():
-            ns_dir = controller / namespace
-            if ns_dir.is_dir():
-                found += [p for p in ns_dir.iterdir() if p.is_dir()]
-    return found
-
-
-def _remove_cgroups(namespace: str) -> None:
-    if CGROUP_ROOT.is_dir():
-        for controller in CGROUP_ROOT.iterdir():
-            ns_dir = controller / namespace
-            if ns_dir.is_dir():
-                for child in ns_dir.iterdir():
-                    if child.is_dir():
-                        child.rmdir()
-                ns_dir.rmdir()
-
-
 async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Path) -> list[str]:
     """Everything the test left in its namespace; removes it all."""
     leaks: list[str] = []
@@ -96,16 +78,11 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
         for entry in fifo_dir.iterdir():
             leaks.append(f"fifo dir {entry}")
             shutil.rmtree(entry, ignore_errors=True)
-    leaks += [f"cgroup {p}" for p in _cgroup_leftovers(client.namespace)]
+    leaks += [f"cgroup or runc state {p}" for p in namespace_leftovers(client.namespace)]
     bundles = containerd.task_state_dir(client.namespace)
     if bundles.is_dir():
         leaks += [f"task bundle {p}" for p in bundles.iterdir()]
-    runc_state = RUNC_ROOT / client.namespace
-    if runc_state.is_dir():
-        leaks += [f"runc state {p}" for p in runc_state.iterdir()]
-        with contextlib.suppress(OSError):
-            runc_state.rmdir()
-    _remove_cgroups(client.namespace)
+    remove_namespace_dirs(client.namespace)
     return leaks
 
 
