@@ -88,8 +88,6 @@ _BY_STATUS: dict[Status, type[SupervisorError]] = {
 # what they are.
 _UNKNOWN_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
     ("cannot delete a running process", FailedPrecondition),
-    ("container is paused", FailedPrecondition),
-    ("not running", FailedPrecondition),
 )
 
 _CONNECTION_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
@@ -116,6 +114,8 @@ def map_errors(what: str = "") -> Iterator[None]:
     prefix = f"{what}: " if what else ""
     try:
         yield
+    except TimeoutError:
+        raise
     except GRPCError as exc:
         raise from_grpc(exc) from exc
     except (StreamTerminatedError, ProtocolError) as exc:

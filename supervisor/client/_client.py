@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.lowlevel
 from grpclib.client import Channel
 
 from .._proto.containerd.services.containers import v1 as containers_pb
@@ -16,18 +18,20 @@ from .._proto.containerd.services.version import v1 as version_pb
 from .._proto.google.protobuf import Empty, FieldMask
 from .._proto.grpc.health import v1 as health_pb
 from ..errors import (
+    ContainerdError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    SupervisorError,
     Unavailable,
     map_errors,
 )
 from . import _wire
 from ._ids import validate_id
-from ._io import NullIO, ProcessIO
+from ._io import FifoIO, NullIO, ProcessIO
 from ._tasks import Task
 from ._types import ContainerInfo, ProcessState, RuncOptions, Version
+
+log = logging.getLogger("supervisor.client")
 
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "default"
@@ -36,6 +40,8 @@ DEFAULT_FIFO_DIR = "/run/containerd-supervisor/fifo"
 #: How long ``is_serving`` waits for containerd's health service (moby: 3 s).
 HEALTH_CHECK_TIMEOUT = 3.0
 _MAX_LABEL_SIZE = 4096
+#: Bound on Tasks.Create (normally 50-100 ms: the shim and ``runc create``).
+CREATE_TIMEOUT = 60.0
 #: Bound on the clean-up of a task whose creation was interrupted.
 DISCARD_TIMEOUT = 10.0
 
@@ -66,14 +72,21 @@ def _check_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 def container_info(c: containers_pb.Container) -> ContainerInfo:
     runtime = c.runtime.name if c.runtime is not None else ""
+    try:
+        spec = _wire.unpack_json(c.spec)
+    except ContainerdError as exc:
+        # One unreadable record must not make every listing fail.
+        log.warning("container %s: %s", c.id, exc)
+        spec = {}
     return ContainerInfo(
         id=c.id,
         labels=dict(c.labels),
         runtime=runtime,
-        spec=_wire.unpack_json(c.spec),
+        spec=spec,
         image=c.image,
         created_at=_wire.timestamp(c.created_at),
         updated_at=_wire.timestamp(c.updated_at),
+        runtime_options=_wire.runc_options_from(c.runtime.options if c.runtime else None),
     )
 
 
@@ -88,7 +101,7 @@ class Client:
             print(await client.version())
 
     ``fifo_dir`` is where :meth:`new_fifo_io` makes per-process FIFO
-    directories.
+    directories. Calls made after the client is closed raise ``RuntimeError``.
     """
 
     def __init__(
@@ -111,9 +124,9 @@ class Client:
             raise RuntimeError("a Client can be opened only once")
         self._channel = Channel(path=self.address)
         metadata = {"containerd-namespace": self.namespace}
-        self.containers_stub = containers_pb.ContainersStub(self._channel, metadata=metadata)
-        self.tasks_stub = tasks_pb.TasksStub(self._channel, metadata=metadata)
-        self.events_stub = events_pb.EventsStub(self._channel, metadata=metadata)
+        self._containers_stub = containers_pb.ContainersStub(self._channel, metadata=metadata)
+        self._tasks_stub = tasks_pb.TasksStub(self._channel, metadata=metadata)
+        self._events_stub = events_pb.EventsStub(self._channel, metadata=metadata)
         self._version = version_pb.VersionStub(self._channel)
         self._health = health_pb.HealthStub(self._channel)
         self._state = _State.OPEN
@@ -137,6 +150,10 @@ class Client:
     def _check_open(self) -> None:
         if self._state is not _State.OPEN:
             raise RuntimeError(f"the Client is {self._state.name.lower()}; use 'async with'")
+
+    def new_fifo_io(self, name: str, *, stdin: bool = False, terminal: bool = False) -> FifoIO:
+        """A FIFO set for one process in a private directory under ``fifo_dir``."""
+        return FifoIO.create(self.fifo_dir, name, stdin=stdin, terminal=terminal)
 
     # -- daemon --------------------------------------------------------------
 
@@ -183,7 +200,10 @@ class Client:
             raise InvalidArgument("spec must have root.path")
         spec = dict(spec)
         linux = dict(spec.get("linux") or {})
-        linux.setdefault("cgroupsPath", f"/{self.namespace}/{container_id}")
+        if runtime_options is not None and runtime_options.systemd_cgroup:
+            linux.setdefault("cgroupsPath", f"system.slice:{self.namespace}:{container_id}")
+        else:
+            linux.setdefault("cgroupsPath", f"/{self.namespace}/{container_id}")
         spec["linux"] = linux
         record = containers_pb.Container(
             id=container_id,
@@ -195,7 +215,7 @@ class Client:
             spec=_wire.pack_json(_wire.SPEC_TYPE_URL, spec),
         )
         with map_errors(f"create container {container_id}"):
-            reply = await self.containers_stub.create(
+            reply = await self._containers_stub.create(
                 containers_pb.CreateContainerRequest(container=record)
             )
         assert reply.container is not None
@@ -209,7 +229,7 @@ class Client:
 
     async def _get_container(self, container_id: str) -> ContainerInfo:
         with map_errors(f"get container {container_id}"):
-            reply = await self.containers_stub.get(
+            reply = await self._containers_stub.get(
                 containers_pb.GetContainerRequest(id=container_id)
             )
         assert reply.container is not None
@@ -222,16 +242,30 @@ class Client:
         """
         self._check_open()
         with map_errors("list containers"):
-            reply = await self.containers_stub.list(
+            reply = await self._containers_stub.list(
                 containers_pb.ListContainersRequest(filters=list(filters))
             )
         return [container_info(c) for c in reply.containers]
+
+    async def process_state(self, container_id: str, exec_id: str | None = None) -> ProcessState:
+        """A task's init process, or one of its exec processes, as containerd sees it."""
+        self._check_open()
+        validate_id(container_id, "container id")
+        if exec_id is not None:
+            validate_id(exec_id, "exec id")
+        name = f"{container_id}/{exec_id}" if exec_id else container_id
+        with map_errors(f"get {name}"):
+            reply = await self._tasks_stub.get(
+                tasks_pb.GetRequest(container_id=container_id, exec_id=exec_id or "")
+            )
+        assert reply.process is not None
+        return _wire.process_state(reply.process, container_id, exec_id or "")
 
     async def list_tasks(self) -> list[ProcessState]:
         """Every task (container init process) in the namespace."""
         self._check_open()
         with map_errors("list tasks"):
-            reply = await self.tasks_stub.list(tasks_pb.ListTasksRequest())
+            reply = await self._tasks_stub.list(tasks_pb.ListTasksRequest())
         return [_wire.process_state(t) for t in reply.tasks]
 
 
@@ -251,6 +285,7 @@ class Container:
 
     async def refresh(self) -> ContainerInfo:
         """Fetch the record again."""
+        self.client._check_open()
         self.info = await self.client._get_container(self.id)
         return self.info
 
@@ -258,6 +293,7 @@ class Container:
         self, labels: Mapping[str, str] | None = None, *, remove: Iterable[str] = ()
     ) -> ContainerInfo:
         """Set ``labels`` and drop the keys in ``remove``; other labels stay."""
+        self.client._check_open()
         labels = _check_labels(labels or {})
         removed = [key for key in remove if key not in labels]
         paths = [f"labels.{key}" for key in [*labels, *removed]]
@@ -268,7 +304,7 @@ class Container:
             update_mask=FieldMask(paths=paths),
         )
         with map_errors(f"update container {self.id}"):
-            reply = await self.client.containers_stub.update(request)
+            reply = await self.client._containers_stub.update(request)
         assert reply.container is not None
         self.info = container_info(reply.container)
         return self.info
@@ -286,7 +322,7 @@ class Container:
                 "delete the task first"
             )
         with map_errors(f"delete container {self.id}"):
-            await self.client.containers_stub.delete(
+            await self.client._containers_stub.delete(
                 containers_pb.DeleteContainerRequest(id=self.id)
             )
 
@@ -304,7 +340,9 @@ class Container:
         checkpoint written by :meth:`Task.checkpoint`.
         """
         io = io or NullIO()
+        created = False
         try:
+            self.client._check_open()
             process = self.info.spec.get("process") or {}
             if bool(process.get("terminal", False)) != io.terminal:
                 raise InvalidArgument(
@@ -313,9 +351,9 @@ class Container:
                 )
             options = None
             if restore_from is not None or runtime_options is not None:
-                options = _wire.runc_options(
-                    runtime_options or RuncOptions(), criu_image_path=restore_from or ""
-                )
+                # Task options replace the container's: start from those.
+                base = runtime_options or self.info.runtime_options or RuncOptions()
+                options = _wire.runc_options(base, criu_image_path=restore_from or "")
             request = tasks_pb.CreateTaskRequest(
                 container_id=self.id,
                 stdin=io.stdin,
@@ -324,26 +362,34 @@ class Container:
                 terminal=io.terminal,
                 options=options,
             )
-            with map_errors(f"create task {self.id}"):
-                reply = await self.client.tasks_stub.create(request)
+            # Interrupting Create leaves containerd half-way (a bundle, maybe a
+            # shim), so it runs to its end; a cancellation is honoured after.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.fail_after(CREATE_TIMEOUT),
+                map_errors(f"create task {self.id}"),
+            ):
+                reply = await self.client._tasks_stub.create(request)
+            created = True
+            await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                if not isinstance(exc, SupervisorError) or isinstance(exc, Unavailable):
-                    # Cancelled or cut off mid-call: containerd may have made
-                    # the task anyway. Don't leave it behind.
+                if created or isinstance(exc, Unavailable | TimeoutError):
                     await self._discard_task()
                 await io.aclose()
             raise
+        io.process_ready()
         return Task(self, reply.pid, io)
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.
         with anyio.move_on_after(DISCARD_TIMEOUT), contextlib.suppress(Exception):
-            await self.client.tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
+            await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
 
     async def task(self, io: ProcessIO | None = None) -> Task:
         """A handle on the existing task; ``NotFound`` if there is none."""
+        self.client._check_open()
         with map_errors(f"get task {self.id}"):
-            reply = await self.client.tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
+            reply = await self.client._tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
         assert reply.process is not None
         return Task(self, reply.process.pid, io or NullIO())

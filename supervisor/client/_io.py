@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 from ..errors import InvalidArgument
+from ._ids import validate_id
 
 _READ_SIZE = 65536
 
@@ -57,13 +58,29 @@ class FifoReader(ByteReceiveStream):
 class FifoWriter(ByteSendStream):
     """The write end of a stdin FIFO.
 
-    It is opened read-write so that it never blocks and never fails for want
-    of a reader; closing it is what the shim sees as end of input.
+    Until the shim holds the read end it is opened read-write, so that input
+    written early is kept and nothing blocks; once the process exists it is
+    reopened write-only, so that a reader gone for good shows up as
+    :class:`anyio.BrokenResourceError` instead of a write that never ends.
+    Closing it is what the shim sees as end of input.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._write_only = False
+
+    def reader_attached(self) -> None:
+        """The shim has opened its end: drop our own read side."""
+        if self._fd < 0 or self._write_only:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # no reader after all: keep the read-write descriptor
+        old, self._fd = self._fd, fd
+        self._write_only = True
+        os.close(old)
 
     @property
     def closed(self) -> bool:
@@ -79,6 +96,8 @@ class FifoWriter(ByteSendStream):
             except BlockingIOError:
                 await anyio.wait_writable(self._fd)
                 continue
+            except BrokenPipeError as exc:
+                raise anyio.BrokenResourceError("the process's stdin is closed") from exc
             view = view[written:]
 
     async def aclose(self) -> None:
@@ -102,6 +121,9 @@ class ProcessIO:
 
     async def close_stdin(self) -> None:
         """Close our end of stdin, if we hold one."""
+
+    def process_ready(self) -> None:
+        """Called once the shim has opened this process's stdio."""
 
     async def aclose(self) -> None:
         """Release file descriptors and remove any directory this IO made."""
@@ -176,6 +198,7 @@ class FifoIO(ProcessIO):
 
         With ``terminal`` the process gets a pty and there is no stderr.
         """
+        validate_id(name, "FIFO set name")
         base = Path(base_dir)
         base.mkdir(mode=0o711, parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
@@ -202,6 +225,10 @@ class FifoIO(ProcessIO):
     async def close_stdin(self) -> None:
         if self.stdin_writer is not None:
             await self.stdin_writer.aclose()
+
+    def process_ready(self) -> None:
+        if self.stdin_writer is not None:
+            self.stdin_writer.reader_attached()
 
     async def aclose(self) -> None:
         for item in (self.stdin_writer, self.stdout_reader, self.stderr_reader):

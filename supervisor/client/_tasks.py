@@ -6,9 +6,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from .._proto.containerd.services.tasks import v1 as tasks_pb
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, map_errors
+from ..errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    map_errors,
+)
 from . import _wire
 from ._ids import validate_id
 from ._io import NullIO, ProcessIO
@@ -17,8 +24,10 @@ from ._types import ExitStatus, ProcessInfo, ProcessState, Resources, Stats, Tas
 if TYPE_CHECKING:
     from ._client import Container
 
-#: How long ``force_delete`` waits for a SIGKILLed task to be reaped.
+#: Bound on ``force_delete`` as a whole.
 FORCE_DELETE_TIMEOUT = 10.0
+#: Bound on the clean-up of an exec whose creation was interrupted.
+DISCARD_TIMEOUT = 10.0
 
 
 class _Process:
@@ -40,7 +49,9 @@ class _Process:
 
     @property
     def _stub(self) -> tasks_pb.TasksStub:
-        return self.container.client.tasks_stub
+        client = self.container.client
+        client._check_open()
+        return client._tasks_stub
 
     def _what(self, verb: str) -> str:
         name = f"{self.container_id}/{self.exec_id}" if self.exec_id else self.container_id
@@ -54,6 +65,7 @@ class _Process:
             )
         self.pid = reply.pid
         self._stdin_ready = True
+        self.io.process_ready()
         if self._stdin_close_pending:
             self._stdin_close_pending = False
             await self.io.close_stdin()
@@ -69,7 +81,9 @@ class _Process:
         return _wire.exit_status(reply.exit_status, reply.exited_at)
 
     async def kill(self, signal: int = _signal.SIGTERM, *, all: bool = False) -> None:
-        """Send ``signal``; with ``all``, to every process in the container."""
+        """Send ``signal``; with ``all`` (tasks only), to every process in the container."""
+        if all and self.exec_id:
+            raise InvalidArgument("all=True applies to a task, not to an exec process")
         with map_errors(self._what(f"signal {int(signal)} to")):
             await self._stub.kill(
                 tasks_pb.KillRequest(
@@ -82,12 +96,7 @@ class _Process:
 
     async def status(self) -> ProcessState:
         """The process as containerd sees it now."""
-        with map_errors(self._what("get")):
-            reply = await self._stub.get(
-                tasks_pb.GetRequest(container_id=self.container_id, exec_id=self.exec_id)
-            )
-        assert reply.process is not None
-        return _wire.process_state(reply.process, self.container_id, self.exec_id)
+        return await self.container.client.process_state(self.container_id, self.exec_id or None)
 
     async def resize(self, width: int, height: int) -> None:
         """Resize the process's terminal."""
@@ -177,7 +186,7 @@ class Task(_Process):
             await self._stub.update(
                 tasks_pb.UpdateTaskRequest(
                     container_id=self.container_id,
-                    resources=_wire.pack_json(_wire.RESOURCES_TYPE_URL, linux),
+                    resources=_wire.pack_json(_wire.RESOURCES_TYPE_URL, linux) if linux else None,
                     annotations=dict(annotations or {}),
                 )
             )
@@ -209,25 +218,39 @@ class Task(_Process):
         capabilities, or a whole OCI process object. The process owns ``io``.
         """
         io = io or NullIO()
+        added = False
         try:
             validate_id(exec_id, "exec id")
             if exec_id in self._execs:
                 raise FailedPrecondition(f"exec {exec_id} is already held by this task handle")
             spec = self._exec_spec(process, io.terminal)
-            with map_errors(self._what(f"exec {exec_id} in")):
-                await self._stub.exec(
-                    tasks_pb.ExecProcessRequest(
-                        container_id=self.container_id,
-                        exec_id=exec_id,
-                        stdin=io.stdin,
-                        stdout=io.stdout,
-                        stderr=io.stderr,
-                        terminal=io.terminal,
-                        spec=_wire.pack_json(_wire.PROCESS_TYPE_URL, spec),
-                    )
-                )
-        except BaseException:
+            request = tasks_pb.ExecProcessRequest(
+                container_id=self.container_id,
+                exec_id=exec_id,
+                stdin=io.stdin,
+                stdout=io.stdout,
+                stderr=io.stderr,
+                terminal=io.terminal,
+                spec=_wire.pack_json(_wire.PROCESS_TYPE_URL, spec),
+            )
+            # Like Tasks.Create, an interrupted Exec leaves the shim half-way.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.fail_after(DISCARD_TIMEOUT),
+                map_errors(self._what(f"exec {exec_id} in")),
+            ):
+                await self._stub.exec(request)
+            added = True
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                if added or isinstance(exc, Unavailable | TimeoutError):
+                    with anyio.move_on_after(DISCARD_TIMEOUT), contextlib.suppress(Exception):
+                        await self._stub.delete_process(
+                            tasks_pb.DeleteProcessRequest(
+                                container_id=self.container_id, exec_id=exec_id
+                            )
+                        )
                 await io.aclose()
             raise
         proc = Process(self, exec_id, io)
@@ -239,6 +262,11 @@ class Task(_Process):
     ) -> dict[str, Any]:
         if isinstance(process, Mapping):
             spec = dict(process)
+            if "terminal" in spec and bool(spec["terminal"]) != terminal:
+                raise InvalidArgument(
+                    f"the process's terminal is {bool(spec['terminal'])} "
+                    f"but the IO's terminal is {terminal}"
+                )
         else:
             if isinstance(process, str | bytes) or not process:
                 raise InvalidArgument("exec args must be a non-empty list of strings")
@@ -252,23 +280,28 @@ class Task(_Process):
 
     async def delete(self) -> ExitStatus:
         """Delete the stopped task; returns how it exited and releases its IO."""
-        with map_errors(self._what("delete task")):
-            reply = await self._stub.delete(
-                tasks_pb.DeleteTaskRequest(container_id=self.container_id)
-            )
+        try:
+            with map_errors(self._what("delete task")):
+                reply = await self._stub.delete(
+                    tasks_pb.DeleteTaskRequest(container_id=self.container_id)
+                )
+        except NotFound:
+            await self._release()  # already gone: nothing will use the IO again
+            raise
         await self._release()
         return _wire.exit_status(reply.exit_status, reply.exited_at)
 
     async def force_delete(self) -> ExitStatus:
-        """SIGKILL every process, wait for the task (at most 10 s), then delete it."""
-        state = await self.status()
-        if state.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
-            # NotFound or FailedPrecondition: it exited on its own meanwhile.
-            with contextlib.suppress(NotFound, FailedPrecondition):
-                await self.kill(_signal.SIGKILL, all=True)
-            with anyio.fail_after(FORCE_DELETE_TIMEOUT):
+        """SIGKILL every process, wait for the task, delete it; all within 10 s
+        (``TimeoutError`` beyond)."""
+        with anyio.fail_after(FORCE_DELETE_TIMEOUT):
+            state = await self.status()
+            if state.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
+                # NotFound or FailedPrecondition: it exited on its own meanwhile.
+                with contextlib.suppress(NotFound, FailedPrecondition):
+                    await self.kill(_signal.SIGKILL, all=True)
                 await self.wait()
-        return await self.delete()
+            return await self.delete()
 
     async def _release(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -287,6 +320,11 @@ class Process(_Process):
 
     def __repr__(self) -> str:
         return f"<Process {self.container_id!r}/{self.exec_id!r} pid={self.pid}>"
+
+    async def _release(self) -> None:
+        self.task._execs.pop(self.exec_id, None)
+        with anyio.CancelScope(shield=True):
+            await self.io.aclose()
 
     async def delete(self) -> ExitStatus:
         """Delete the exited exec process; returns how it exited."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..errors import InvalidArgument
+
 
 class TaskStatus(enum.Enum):
     """Status of a task or exec process as containerd reports it."""
@@ -79,6 +81,7 @@ class ContainerInfo:
     image: str
     created_at: datetime | None
     updated_at: datetime | None
+    runtime_options: RuncOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,12 @@ class Resources:
     cpus: float | None = None
     cpu_shares: int | None = None
     pids_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_limit", "memory_swap", "cpus", "cpu_shares", "pids_limit"):
+            value = getattr(self, name)
+            if value is not None and not value > 0 and not (name == "memory_swap" and value == -1):
+                raise InvalidArgument(f"{name} must be positive, not {value}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,10 @@ def pack_json(type_url: str, value: Mapping[str, AnyValue]) -> Any:
 def unpack_json(value: Any | None) -> dict[str, AnyValue]:
     if value is None or not value.value:
         return {}
-    decoded = json.loads(value.value)
+    try:
+        decoded = json.loads(value.value)
+    except ValueError as exc:
+        raise ContainerdError(f"{value.type_url} is not valid JSON: {exc}") from exc
     if not isinstance(decoded, dict):
         raise ContainerdError(f"{value.type_url} is not a JSON object")
     return decoded

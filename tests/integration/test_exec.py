@@ -94,12 +94,18 @@ async def test_exec_bad_input(client: Client, rootfs: Path) -> None:
     assert not io.directory.exists()
     with pytest.raises(InvalidArgument):
         await task.exec("empty", [])
-    proc = await task.exec("dup", ["true"])
+    with pytest.raises(InvalidArgument, match="terminal"):
+        await task.exec("mismatch", {"args": ["true"], "terminal": True})
+    never_started = FifoIO.create(client.fifo_dir, "dup")
+    proc = await task.exec("dup", ["true"], never_started)
     with pytest.raises(FailedPrecondition):
         await task.exec("dup", ["true"])
     with pytest.raises(FailedPrecondition, match="no terminal"):
         await proc.resize(10, 10)
-    await remove(container)  # also releases the never-started exec
+    with pytest.raises(InvalidArgument, match="not to an exec"):
+        await proc.kill(signal.SIGKILL, all=True)
+    await remove(container, task)  # releases the never-started exec's FIFOs too
+    assert not never_started.directory.exists()
     assert list(client_fifo_entries(client)) == []
 
 

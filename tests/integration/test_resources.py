@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import Client, ContainerdError, FifoIO, SupervisorError, TaskStatus
+from supervisor import Client, ContainerdError, FifoIO, TaskStatus
 from supervisor.client import Resources
 
 from .helpers import WAIT, make_container, remove
@@ -74,14 +74,13 @@ async def test_pids_lists_every_process(client: Client, rootfs: Path) -> None:
 async def test_checkpoint_error_leaves_task_running(
     client: Client, rootfs: Path, tmp_path: Path
 ) -> None:
+    if _criu_works():
+        pytest.skip("CRIU works here; the error path needs a host where it cannot dump")
     container = await make_container(client, rootfs, "ckpt", ["sleep", "60"])
     task = await container.new_task()
     await task.start()
-    if _criu_works():
-        pytest.skip("CRIU works here; the error path needs a host where it cannot dump")
-    with pytest.raises(ContainerdError, match="criu") as info:
+    with pytest.raises(ContainerdError, match="criu"):
         await task.checkpoint(str(tmp_path / "image"))
-    assert isinstance(info.value, SupervisorError)
     assert (await task.status()).status is TaskStatus.RUNNING
     await remove(container)
 

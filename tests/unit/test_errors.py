@@ -76,3 +76,5 @@ async def test_cancellation_and_timeouts_pass_through() -> None:
     assert scope.cancelled_caught
     with pytest.raises(TimeoutError), anyio.fail_after(0.01), map_errors():
         await anyio.sleep(5)
+    with pytest.raises(TimeoutError), map_errors():
+        raise TimeoutError  # an OSError, but never a connection failure

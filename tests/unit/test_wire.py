@@ -29,6 +29,13 @@ def test_running_process_has_no_exit() -> None:
     assert state.status is TaskStatus.RUNNING and state.exit_status is None
 
 
+def test_stopped_with_go_zero_time_has_no_exit_time() -> None:
+    p = task_pb.Process(id="c1", status=task_pb.Status.STOPPED, exit_status=1, exited_at=GO_ZERO)
+    state = _wire.process_state(p)
+    assert state.exit_status is not None
+    assert (state.exit_status.code, state.exit_status.exited_at) == (1, None)
+
+
 def test_stopped_exec_has_exit() -> None:
     p = task_pb.Process(id="e1", status=task_pb.Status.STOPPED, exit_status=3, exited_at=WHEN)
     state = _wire.process_state(p, "c1", "e1")
