@@ -1,0 +1,215 @@
+"""A decoder for containerd event envelopes that reads only the routed fields.
+
+The pipeline receives envelopes as raw bytes and decodes them here: a few
+microseconds an event, against ~70 us for a full betterproto2 decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from ._types import (
+    Event,
+    EventType,
+    TaskCheckpointed,
+    TaskCreate,
+    TaskDelete,
+    TaskExecAdded,
+    TaskExecStarted,
+    TaskExit,
+    TaskOOM,
+    TaskPaused,
+    TaskResumed,
+    TaskStart,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64_WRAP = 1 << 64
+_INT64_SIGN = 1 << 63
+
+
+class DecodeError(ValueError):
+    """The bytes are not a well-formed message of the expected shape."""
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        try:
+            b = buf[pos]
+        except IndexError:
+            raise DecodeError("truncated varint") from None
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise DecodeError("varint too long")
+
+
+def fields(buf: bytes) -> dict[int, int | bytes]:
+    """Parse one message level: field number -> varint or raw bytes (last wins)."""
+    out: dict[int, int | bytes] = {}
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key = buf[pos]
+        if key & 0x80:
+            key, pos = _varint(buf, pos)
+        else:
+            pos += 1
+        wire = key & 7
+        value: int | bytes
+        if wire == 0:
+            value = buf[pos]
+            if value & 0x80:
+                value, pos = _varint(buf, pos)
+            else:
+                pos += 1
+        elif wire == 2:
+            size = buf[pos]
+            if size & 0x80:
+                size, pos = _varint(buf, pos)
+            else:
+                pos += 1
+            if pos + size > end:
+                raise DecodeError("truncated field")
+            value = buf[pos : pos + size]
+            pos += size
+        elif wire == 5:
+            value = int.from_bytes(buf[pos : pos + 4], "little")
+            pos += 4
+        elif wire == 1:
+            value = int.from_bytes(buf[pos : pos + 8], "little")
+            pos += 8
+        else:
+            raise DecodeError(f"unsupported wire type {wire}")
+        out[key >> 3] = value
+    if pos != end:
+        raise DecodeError("truncated message")
+    return out
+
+
+def _str(f: dict[int, int | bytes], n: int) -> str:
+    v = f.get(n, b"")
+    if not isinstance(v, bytes):
+        raise DecodeError(f"field {n} is not a string")
+    return v.decode()
+
+
+def _int(f: dict[int, int | bytes], n: int) -> int:
+    v = f.get(n, 0)
+    if not isinstance(v, int):
+        raise DecodeError(f"field {n} is not a varint")
+    return v
+
+
+def _time(f: dict[int, int | bytes], n: int) -> datetime | None:
+    """A google.protobuf.Timestamp; Go's zero time (year 1) reads as None."""
+    v = f.get(n)
+    if v is None:
+        return None
+    if not isinstance(v, bytes):
+        raise DecodeError(f"field {n} is not a timestamp")
+    seconds = nanos = 0
+    pos = 0
+    end = len(v)
+    while pos < end:
+        key = v[pos]
+        value, pos = _varint(v, pos + 1)
+        if key == 0x08:
+            seconds = value
+        elif key == 0x10:
+            nanos = value
+        else:
+            raise DecodeError(f"field {n} is not a timestamp")
+    if seconds >= _INT64_SIGN:
+        seconds -= _INT64_WRAP
+    if seconds <= 0:
+        return None
+    return _EPOCH + timedelta(0, seconds, nanos // 1000)
+
+
+def _exec_id(container_id: str, process_id: str) -> str | None:
+    return process_id if process_id and process_id != container_id else None
+
+
+def _create(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskCreate(_str(f, 1), _int(f, 6), _str(f, 2), ts)
+
+
+def _start(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskStart(_str(f, 1), _int(f, 2), ts)
+
+
+def _exit(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    cid = _str(f, 1)
+    return TaskExit(cid, _exec_id(cid, _str(f, 2)), _int(f, 3), _int(f, 4), _time(f, 5), ts)
+
+
+def _oom(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskOOM(_str(f, 1), ts)
+
+
+def _exec_added(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskExecAdded(_str(f, 1), _str(f, 2), ts)
+
+
+def _exec_started(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskExecStarted(_str(f, 1), _str(f, 2), _int(f, 3), ts)
+
+
+def _paused(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskPaused(_str(f, 1), ts)
+
+
+def _resumed(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskResumed(_str(f, 1), ts)
+
+
+def _delete(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    cid = _str(f, 1)
+    return TaskDelete(cid, _exec_id(cid, _str(f, 5)), _int(f, 2), _int(f, 3), _time(f, 4), ts)
+
+
+def _checkpointed(f: dict[int, int | bytes], ts: datetime | None) -> Event:
+    return TaskCheckpointed(_str(f, 1), _str(f, 2), ts)
+
+
+_Decoder = Callable[[dict[int, int | bytes], "datetime | None"], Event]
+
+DECODERS: dict[str, tuple[EventType, _Decoder]] = {
+    "containerd.events.TaskCreate": (EventType.CREATE, _create),
+    "containerd.events.TaskStart": (EventType.START, _start),
+    "containerd.events.TaskExit": (EventType.EXIT, _exit),
+    "containerd.events.TaskOOM": (EventType.OOM, _oom),
+    "containerd.events.TaskExecAdded": (EventType.EXEC_ADDED, _exec_added),
+    "containerd.events.TaskExecStarted": (EventType.EXEC_STARTED, _exec_started),
+    "containerd.events.TaskPaused": (EventType.PAUSED, _paused),
+    "containerd.events.TaskResumed": (EventType.RESUMED, _resumed),
+    "containerd.events.TaskDelete": (EventType.DELETE, _delete),
+    "containerd.events.TaskCheckpointed": (EventType.CHECKPOINTED, _checkpointed),
+}
+
+
+def envelope(data: bytes) -> tuple[str, str, bytes, datetime | None]:
+    """Split an Envelope into (topic, event type name, event bytes, timestamp)."""
+    f = fields(data)
+    any_bytes = f.get(4, b"")
+    if not isinstance(any_bytes, bytes):
+        raise DecodeError("envelope event is not a message")
+    a = fields(any_bytes)
+    type_url = _str(a, 1)
+    value = a.get(2, b"")
+    if not isinstance(value, bytes):
+        raise DecodeError("event value is not bytes")
+    return _str(f, 3), type_url.rsplit("/", 1)[-1], value, _time(f, 1)
+
+
+def decode_event(type_name: str, value: bytes, ts: datetime | None) -> tuple[EventType, Event]:
+    """Decode a task event payload; KeyError for a type we do not route."""
+    event_type, decode = DECODERS[type_name]
+    return event_type, decode(fields(value), ts)

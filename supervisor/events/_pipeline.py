@@ -1,0 +1,375 @@
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from .._proto.containerd.services.events import v1 as events_pb
+from .._proto.google.protobuf import Any as AnyPb
+from ..client import Client, ProcessState
+from ..errors import NotFound, SupervisorError, map_errors
+from ._decode import DECODERS, DecodeError, envelope, fields
+from ._ledger import FORGET_AFTER, ExitLedger, Known, reconcile
+from ._queue import DEFAULT_MAX_QUEUED, SerialQueues
+from ._types import (
+    Backend,
+    Event,
+    EventType,
+    TaskDelete,
+    TaskExecStarted,
+    TaskExit,
+    TaskStart,
+)
+
+log = logging.getLogger("supervisor.events")
+
+_SUBSCRIBE = "/containerd.services.events.v1.Events/Subscribe"
+#: Our own marker, published to prove the subscription is live before we list.
+SYNC_TOPIC = "/containerd-supervisor/sync"
+SYNC_TYPE = "containerd-supervisor.Sync"
+
+#: Health-check backoff while containerd is away: 10 ms doubling to 1 s.
+RECONNECT_DELAY_MIN = 0.01
+RECONNECT_DELAY_MAX = 1.0
+#: How long a fresh subscription may take to show our marker before it is
+#: abandoned and made again; the marker is republished meanwhile.
+SYNC_TIMEOUT = 10.0
+SYNC_REPUBLISH_MIN = 0.02
+#: How long shutdown waits for queued events to reach the backend.
+DRAIN_TIMEOUT = 5.0
+
+_STREAM_ERRORS = (StreamTerminatedError, ProtocolError, GRPCError, OSError, SupervisorError)
+
+
+class ConnectionState(enum.Enum):
+    """Where the event stream stands."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass
+class PipelineStats:
+    """Counters for observability and tests."""
+
+    received: int = 0
+    duplicate_exits: int = 0
+    reconciled_exits: int = 0
+    skipped: int = 0
+    subscriptions: int = 0
+
+
+class _Raw:
+    """Makes grpclib hand over each stream message as bytes, undecoded."""
+
+    @staticmethod
+    def FromString(data: bytes) -> bytes:
+        return data
+
+
+class _SyncTimeout(Exception):
+    pass
+
+
+class _Sync:
+    def __init__(self, nonce: bytes) -> None:
+        self.nonce = nonce
+        self.seen = anyio.Event()
+        self.timed_out = False
+
+
+class EventPipeline:
+    """Subscribes to a namespace's task events and delivers them to a backend.
+
+    Run it with :meth:`run` in a task group you own; :meth:`stop` ends it,
+    giving queued events up to 5 s to reach the backend. When the stream
+    drops it waits for containerd to serve again, subscribes again and
+    reconciles, so that every process exit reaches the backend exactly once.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        backend: Backend,
+        *,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        report_stopped_on_start: bool = True,
+        forget_after: float = FORGET_AFTER,
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.stats = PipelineStats()
+        self.report_stopped_on_start = report_stopped_on_start
+        self._max_queued = max_queued
+        self._ledger = ExitLedger(forget_after)
+        self._known = Known()
+        self._queues: SerialQueues | None = None
+        self._state = ConnectionState.CONNECTING
+        self._changed = anyio.Event()
+        self._stop = anyio.CancelScope()
+        self._logged_types: set[str] = set()
+        self._lost_at = time.monotonic()
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is not self._state:
+            self._state = state
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_for_state(self, state: ConnectionState) -> None:
+        """Wait until the stream is in ``state`` (bound it with ``fail_after``)."""
+        while self._state is not state:
+            await self._changed.wait()
+
+    async def wait_connected(self) -> None:
+        """Wait until subscribed and reconciled."""
+        await self.wait_for_state(ConnectionState.CONNECTED)
+
+    @property
+    def queued(self) -> int:
+        return self._queues.queued if self._queues else 0
+
+    # -- running ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; :meth:`run` then drains the queues (bounded) and returns."""
+        self._stop.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` or cancellation. ``task_status.started()`` is
+        called once the first subscription is live and reconciled."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._queues = SerialQueues(tg, self._deliver, self._max_queued)
+                with self._stop:
+                    await self._read_forever(task_status)
+                with anyio.move_on_after(DRAIN_TIMEOUT, shield=True) as drain:
+                    await self._queues.join()
+                if drain.cancelled_caught:
+                    log.warning("%d events not delivered at shutdown", self._queues.queued)
+                tg.cancel_scope.cancel()
+        finally:
+            self._set_state(ConnectionState.CLOSED)
+
+    async def _read_forever(self, task_status: TaskStatus[None]) -> None:
+        channel = Channel(path=self.client.address)
+        first = True
+        said_waiting = False
+        try:
+            while True:
+                try:
+                    await self._subscribe(channel, first, task_status)
+                    reason = "containerd ended the stream"
+                except _SyncTimeout:
+                    reason = f"our sync marker did not come back within {SYNC_TIMEOUT:.0f}s"
+                except _STREAM_ERRORS as exc:
+                    reason = str(exc) or type(exc).__name__
+                if self._state is ConnectionState.CONNECTED:
+                    first = False
+                    self._lost_at = time.monotonic()
+                    log.warning("event stream lost (%s); waiting for containerd", reason)
+                    self._set_state(ConnectionState.RECONNECTING)
+                elif not said_waiting:
+                    said_waiting = True
+                    log.warning("no event stream yet (%s); waiting for containerd", reason)
+                await self._wait_serving()
+        finally:
+            channel.close()
+
+    async def _wait_serving(self) -> None:
+        delay = RECONNECT_DELAY_MIN
+        while not await self.client.is_serving():
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAY_MAX)
+
+    async def _subscribe(
+        self, channel: Channel, first: bool, task_status: TaskStatus[None]
+    ) -> None:
+        ns = self.client.namespace
+        request = events_pb.SubscribeRequest(
+            filters=[
+                f"namespace=={ns},topic~=|^/tasks/|",
+                f'namespace=={ns},topic=="{SYNC_TOPIC}"',
+            ]
+        )
+        sync = _Sync(uuid.uuid4().hex.encode())
+        error: BaseException | None = None
+        async with (
+            channel.request(
+                _SUBSCRIBE,
+                Cardinality.UNARY_STREAM,
+                events_pb.SubscribeRequest,
+                _Raw,
+                metadata={"containerd-namespace": ns},
+            ) as stream,
+            anyio.create_task_group() as tg,
+        ):
+            try:
+                await stream.send_message(request, end=True)
+                self.stats.subscriptions += 1
+                tg.start_soon(self._announce, sync, tg)
+                await self._read(stream, sync, tg, first, task_status)
+            except _STREAM_ERRORS as exc:
+                error = exc
+            tg.cancel_scope.cancel()
+        if sync.timed_out:
+            raise _SyncTimeout
+        if error is not None:
+            raise error
+
+    async def _announce(self, sync: _Sync, tg: TaskGroup) -> None:
+        """Publish our marker until it comes back on the stream (bounded).
+
+        Subscribe has no acknowledgement: seeing our own marker is what proves
+        the subscription is live, so nothing published after it can be missed.
+        """
+        request = events_pb.PublishRequest(
+            topic=SYNC_TOPIC, event=AnyPb(type_url=SYNC_TYPE, value=sync.nonce)
+        )
+        delay = SYNC_REPUBLISH_MIN
+        with anyio.move_on_after(SYNC_TIMEOUT):
+            while not sync.seen.is_set():
+                try:
+                    with map_errors("publish sync marker"):
+                        await self.client._events_stub.publish(request)
+                except SupervisorError as exc:
+                    log.debug("sync marker not published: %s", exc)
+                with anyio.move_on_after(delay):
+                    await sync.seen.wait()
+                delay = min(delay * 2, 1.0)
+            return
+        sync.timed_out = True
+        tg.cancel_scope.cancel()
+
+    async def _read(
+        self,
+        stream: Any,
+        sync: _Sync,
+        tg: TaskGroup,
+        first: bool,
+        task_status: TaskStatus[None],
+    ) -> None:
+        stats = self.stats
+        dispatch = self._dispatch
+        while True:
+            data = await stream.recv_message()
+            if data is None:
+                return
+            stats.received += 1
+            type_name = "?"
+            try:
+                _topic, type_name, value, timestamp = envelope(data)
+                decoder = DECODERS.get(type_name)
+                if decoder is None:
+                    if type_name != SYNC_TYPE:
+                        self._skip(type_name, "not a routed event type")
+                    elif value == sync.nonce and not sync.seen.is_set():
+                        sync.seen.set()
+                        tg.start_soon(self._reconcile, first, task_status, tg)
+                    continue
+                event_type, decode = decoder
+                event = decode(fields(value), timestamp)
+            except (DecodeError, UnicodeDecodeError) as exc:
+                self._skip(type_name, f"undecodable ({exc})")
+                continue
+            await dispatch(event_type, event)
+
+    def _skip(self, type_name: str, why: str) -> None:
+        self.stats.skipped += 1
+        if type_name not in self._logged_types:
+            self._logged_types.add(type_name)
+            log.warning("skipping %s events: %s (logged once per type)", type_name, why)
+
+    async def _dispatch(self, event_type: EventType, event: Event) -> None:
+        cid = event.container_id
+        if isinstance(event, TaskExit):
+            if not self._ledger.first(cid, event.exec_id, event.pid):
+                self.stats.duplicate_exits += 1
+                return
+            self._known.ended(cid, event.exec_id, event.pid)
+        elif isinstance(event, TaskStart):
+            self._known.started(cid, None, event.pid)
+        elif isinstance(event, TaskExecStarted):
+            self._known.started(cid, event.exec_id, event.pid)
+        elif isinstance(event, TaskDelete) and event.exec_id is None:
+            pid = event.pid
+            if self._known.processes.get((cid, None)) == pid and self._ledger.first(cid, None, pid):
+                # Its exit was lost while no stream was connected; the delete carries it.
+                self.stats.reconciled_exits += 1
+                await self._put(
+                    EventType.EXIT,
+                    TaskExit(
+                        cid, None, pid, event.exit_status, event.exited_at, event.timestamp,
+                        reconciled=True,
+                    ),
+                )  # fmt: skip
+            self._known.task_deleted(cid)
+            self._ledger.task_deleted(cid)
+        await self._put(event_type, event)
+
+    async def _put(self, event_type: EventType, event: Event) -> None:
+        assert self._queues is not None
+        await self._queues.put(event.container_id, event_type, event)
+
+    async def _deliver(self, container_id: str, event_type: EventType, event: Event) -> None:
+        await self.backend.process_event(container_id, event_type, event)
+
+    async def _reconcile(self, first: bool, task_status: TaskStatus[None], tg: TaskGroup) -> None:
+        snapshot = dict(self._known.processes)
+        try:
+            tasks = await self.client.list_tasks()
+            execs: dict[tuple[str, str], ProcessState | None] = {}
+            for (cid, exec_id), _pid in snapshot.items():
+                if exec_id is None:
+                    continue
+                try:
+                    execs[(cid, exec_id)] = await self.client.process_state(cid, exec_id)
+                except NotFound:
+                    execs[(cid, exec_id)] = None
+        except SupervisorError as exc:
+            log.warning("reconcile failed (%s); subscribing again", exc)
+            tg.cancel_scope.cancel()
+            return
+        exits, alive = reconcile(snapshot, tasks, execs)
+        delivered = 0
+        for exit_event in exits:
+            key = (exit_event.container_id, exit_event.exec_id, exit_event.pid)
+            if not self._ledger.first(*key):
+                continue
+            self._known.ended(*key)
+            if first and not self.report_stopped_on_start:
+                continue
+            delivered += 1
+            await self._put(EventType.EXIT, exit_event)
+        self.stats.reconciled_exits += delivered
+        for (cid, exec_id), pid in alive.items():
+            if (cid, exec_id) not in self._known.processes and not self._ledger.delivered(
+                cid, exec_id, pid
+            ):
+                self._known.started(cid, exec_id, pid)
+        if self._state is ConnectionState.RECONNECTING:
+            log.warning(
+                "event stream restored after %.1fs; %d exits reconciled",
+                time.monotonic() - self._lost_at,
+                delivered,
+            )
+        self._set_state(ConnectionState.CONNECTED)
+        if first:
+            task_status.started()
