@@ -1,5 +1,6 @@
 """containerd-supervisor: an asyncio container supervisor for containerd."""
 
+from ._supervisor import Supervisor as Supervisor
 from .client import Client as Client
 from .client import Container as Container
 from .client import ExitStatus as ExitStatus
@@ -18,14 +19,23 @@ from .errors import NotFound as NotFound
 from .errors import SupervisorError as SupervisorError
 from .errors import Unavailable as Unavailable
 from .errors import Unimplemented as Unimplemented
+from .events import Backend as Backend
+from .events import ConnectionState as ConnectionState
+from .events import Event as Event
+from .events import EventType as EventType
+from .events import TaskExit as TaskExit
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AlreadyExists",
+    "Backend",
     "Client",
+    "ConnectionState",
     "Container",
     "ContainerdError",
+    "Event",
+    "EventType",
     "ExitStatus",
     "FailedPrecondition",
     "FifoIO",
@@ -34,8 +44,10 @@ __all__ = (
     "NotFound",
     "NullIO",
     "Process",
+    "Supervisor",
     "SupervisorError",
     "Task",
+    "TaskExit",
     "TaskStatus",
     "Unavailable",
     "Unimplemented",

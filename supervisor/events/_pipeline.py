@@ -4,6 +4,7 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,7 @@ class EventPipeline:
         self._queues: SerialQueues | None = None
         self._state = ConnectionState.CONNECTING
         self._changed = anyio.Event()
+        self._stats_changed = anyio.Event()
         self._stop = anyio.CancelScope()
         self._logged_types: set[str] = set()
         self._lost_at = time.monotonic()
@@ -141,6 +143,17 @@ class EventPipeline:
     async def wait_connected(self) -> None:
         """Wait until subscribed and reconciled."""
         await self.wait_for_state(ConnectionState.CONNECTED)
+
+    async def wait_stats(self, predicate: Callable[[PipelineStats], bool]) -> None:
+        """Wait until ``predicate(self.stats)`` holds; re-checked whenever a
+        duplicate, reconciled or skipped event or a new subscription is counted
+        (bound it with ``fail_after``)."""
+        while not predicate(self.stats):
+            await self._stats_changed.wait()
+
+    def _counted(self) -> None:
+        self._stats_changed.set()
+        self._stats_changed = anyio.Event()
 
     @property
     def queued(self) -> int:
@@ -293,6 +306,7 @@ class EventPipeline:
 
     def _skip(self, type_name: str, why: str) -> None:
         self.stats.skipped += 1
+        self._counted()
         if type_name not in self._logged_types:
             self._logged_types.add(type_name)
             log.warning("skipping %s events: %s (logged once per type)", type_name, why)
@@ -302,6 +316,7 @@ class EventPipeline:
         if isinstance(event, TaskExit):
             if not self._ledger.first(cid, event.exec_id, event.pid):
                 self.stats.duplicate_exits += 1
+                self._counted()
                 return
             self._known.ended(cid, event.exec_id, event.pid)
         elif isinstance(event, TaskStart):
@@ -313,6 +328,7 @@ class EventPipeline:
             if self._known.processes.get((cid, None)) == pid and self._ledger.first(cid, None, pid):
                 # Its exit was lost while no stream was connected; the delete carries it.
                 self.stats.reconciled_exits += 1
+                self._counted()
                 await self._put(
                     EventType.EXIT,
                     TaskExit(
@@ -352,6 +368,8 @@ class EventPipeline:
         for exit_event in exits:
             key = (exit_event.container_id, exit_event.exec_id, exit_event.pid)
             if not self._ledger.first(*key):
+                self.stats.duplicate_exits += 1
+                self._counted()
                 continue
             self._known.ended(*key)
             if first and not self.report_stopped_on_start:
@@ -359,6 +377,7 @@ class EventPipeline:
             delivered += 1
             await self._put(EventType.EXIT, exit_event)
         self.stats.reconciled_exits += delivered
+        self._counted()
         for (cid, exec_id), pid in alive.items():
             if (cid, exec_id) not in self._known.processes and not self._ledger.delivered(
                 cid, exec_id, pid

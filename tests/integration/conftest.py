@@ -86,8 +86,8 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
     return leaks
 
 
-@pytest.fixture
-async def client(
+@contextlib.asynccontextmanager
+async def leak_checked_client(
     containerd: ContainerdProcess, namespace: str, fifo_dir: Path
 ) -> AsyncIterator[Client]:
     async with Client(containerd.address, namespace, fifo_dir=str(fifo_dir)) as c:
@@ -95,3 +95,31 @@ async def client(
         leaks = await leak_check(c, containerd, fifo_dir)
     if leaks:
         pytest.fail("left behind: " + ", ".join(leaks))
+
+
+@pytest.fixture
+async def client(
+    containerd: ContainerdProcess, namespace: str, fifo_dir: Path
+) -> AsyncIterator[Client]:
+    async with leak_checked_client(containerd, namespace, fifo_dir) as c:
+        yield c
+
+
+@pytest.fixture
+def own_containerd(tmp_path: Path) -> Iterator[ContainerdProcess]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    daemon = start_containerd(tmp_path / "ctd")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+async def own_client(
+    own_containerd: ContainerdProcess, namespace: str, tmp_path: Path
+) -> AsyncIterator[Client]:
+    async with leak_checked_client(own_containerd, namespace, tmp_path / "own-fifo") as c:
+        yield c

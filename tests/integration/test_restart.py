@@ -4,42 +4,17 @@ same Client working again once it is back, with the task still alive."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 from supervisor import Client, TaskStatus, Unavailable
-from supervisor.testing import ContainerdProcess, start_containerd
+from supervisor.testing import ContainerdProcess
 
-from .conftest import _missing, leak_check
 from .helpers import WAIT, make_container
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def own_containerd(tmp_path: Path) -> Iterator[ContainerdProcess]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    daemon = start_containerd(tmp_path / "ctd")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture
-async def own_client(
-    own_containerd: ContainerdProcess, namespace: str, tmp_path: Path
-) -> AsyncIterator[Client]:
-    fifo_dir = tmp_path / "fifo"
-    async with Client(own_containerd.address, namespace, fifo_dir=str(fifo_dir)) as c:
-        yield c
-        leaks = await leak_check(c, own_containerd, fifo_dir)
-    assert leaks == []
 
 
 async def test_calls_fail_typed_while_down_and_work_after(
