@@ -170,9 +170,10 @@ class EventPipeline:
         called once the first subscription is live and reconciled."""
         try:
             async with anyio.create_task_group() as tg:
-                self._queues = SerialQueues(tg, self._deliver, self._max_queued)
+                self._queues = SerialQueues(tg, self.backend.process_event, self._max_queued)
                 with self._stop:
                     await self._read_forever(task_status)
+                self._queues.close()
                 with anyio.move_on_after(DRAIN_TIMEOUT, shield=True) as drain:
                     await self._queues.join()
                 if drain.cancelled_caught:
@@ -280,7 +281,7 @@ class EventPipeline:
         task_status: TaskStatus[None],
     ) -> None:
         stats = self.stats
-        dispatch = self._dispatch
+        route = self._route
         while True:
             data = await stream.recv_message()
             if data is None:
@@ -302,7 +303,8 @@ class EventPipeline:
             except (DecodeError, UnicodeDecodeError) as exc:
                 self._skip(type_name, f"undecodable ({exc})")
                 continue
-            await dispatch(event_type, event)
+            if not route(event_type, event):
+                await self._route_slowly(event_type, event)
 
     def _skip(self, type_name: str, why: str) -> None:
         self.stats.skipped += 1
@@ -312,40 +314,48 @@ class EventPipeline:
             log.warning("skipping %s events: %s (logged once per type)", type_name, why)
 
     async def _dispatch(self, event_type: EventType, event: Event) -> None:
+        if not self._route(event_type, event):
+            await self._route_slowly(event_type, event)
+
+    def _route(self, event_type: EventType, event: Event) -> bool:
+        """The hot path: ledger, bookkeeping, queue. False when the event needs
+        :meth:`_route_slowly` (a task delete, or the container's queue is full)."""
         cid = event.container_id
-        if isinstance(event, TaskExit):
+        if event_type is EventType.EXIT:
+            assert isinstance(event, TaskExit)
             if not self._ledger.first(cid, event.exec_id, event.pid):
                 self.stats.duplicate_exits += 1
                 self._counted()
-                return
+                return True
             self._known.ended(cid, event.exec_id, event.pid)
-        elif isinstance(event, TaskStart):
+        elif event_type is EventType.START:
+            assert isinstance(event, TaskStart)
             self._known.started(cid, None, event.pid)
-        elif isinstance(event, TaskExecStarted):
+        elif event_type is EventType.EXEC_STARTED:
+            assert isinstance(event, TaskExecStarted)
             self._known.started(cid, event.exec_id, event.pid)
-        elif isinstance(event, TaskDelete) and event.exec_id is None:
+        elif event_type is EventType.DELETE:
+            return False
+        assert self._queues is not None
+        return self._queues.put_nowait(cid, event_type, event)
+
+    async def _route_slowly(self, event_type: EventType, event: Event) -> None:
+        assert self._queues is not None
+        cid = event.container_id
+        if isinstance(event, TaskDelete) and event.exec_id is None:
             pid = event.pid
             if self._known.processes.get((cid, None)) == pid and self._ledger.first(cid, None, pid):
                 # Its exit was lost while no stream was connected; the delete carries it.
                 self.stats.reconciled_exits += 1
                 self._counted()
-                await self._put(
-                    EventType.EXIT,
-                    TaskExit(
-                        cid, None, pid, event.exit_status, event.exited_at, event.timestamp,
-                        reconciled=True,
-                    ),
+                exit_event = TaskExit(
+                    cid, None, pid, event.exit_status, event.exited_at, event.timestamp,
+                    reconciled=True,
                 )  # fmt: skip
+                await self._queues.put(cid, EventType.EXIT, exit_event)
             self._known.task_deleted(cid)
             self._ledger.task_deleted(cid)
-        await self._put(event_type, event)
-
-    async def _put(self, event_type: EventType, event: Event) -> None:
-        assert self._queues is not None
-        await self._queues.put(event.container_id, event_type, event)
-
-    async def _deliver(self, container_id: str, event_type: EventType, event: Event) -> None:
-        await self.backend.process_event(container_id, event_type, event)
+        await self._queues.put(cid, event_type, event)
 
     async def _reconcile(self, first: bool, task_status: TaskStatus[None], tg: TaskGroup) -> None:
         snapshot = dict(self._known.processes)
@@ -364,6 +374,7 @@ class EventPipeline:
             tg.cancel_scope.cancel()
             return
         exits, alive = reconcile(snapshot, tasks, execs)
+        assert self._queues is not None
         delivered = 0
         for exit_event in exits:
             key = (exit_event.container_id, exit_event.exec_id, exit_event.pid)
@@ -375,7 +386,7 @@ class EventPipeline:
             if first and not self.report_stopped_on_start:
                 continue
             delivered += 1
-            await self._put(EventType.EXIT, exit_event)
+            await self._queues.put(exit_event.container_id, EventType.EXIT, exit_event)
         self.stats.reconciled_exits += delivered
         self._counted()
         for (cid, exec_id), pid in alive.items():

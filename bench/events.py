@@ -1,0 +1,216 @@
+"""Event pipeline benchmark.
+
+1. Throughput and CPU: a separate process publishes N synthetic TaskExit
+   events into a private containerd (Events.Publish, grpcio, many calls in
+   flight). The pipeline delivers them to a no-op backend; `ctr events` (the
+   Go reference) subscribes in the same run. Prints events/s delivered, this
+   process's CPU time per event (decode, ledger, routing and the backend call
+   included), events lost, and how far the pipeline was behind `ctr events`
+   at each tenth of the run (negative: ahead).
+2. Latency: real containers running /bin/true; exit-to-callback latency is
+   the backend's wall clock at delivery minus the exit time the shim
+   recorded. Prints p50 and p99.
+
+    sudo .venv/bin/python bench/events.py [--events 50000] [--containers 100] [--exits 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from supervisor import Supervisor
+from supervisor._proto.containerd.events import TaskExit as TaskExitPb
+from supervisor._proto.containerd.services.events.v1 import PublishRequest
+from supervisor._proto.google.protobuf import Any as AnyPb
+from supervisor.client import oci_spec
+from supervisor.events import Event, EventType, TaskExit
+from supervisor.testing import busybox_rootfs, remove_namespace_dirs, start_containerd
+
+NAMESPACE = "bench-events"
+HERE = Path(__file__).resolve().parent
+
+
+class Counting:
+    """A backend that does nothing but count, mark each tenth, and time real exits."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.step = max(n // 10, 1)
+        self.seen = 0
+        self.marks: list[float] = []
+        self.first_at = 0.0
+        self.done = anyio.Event()
+        self.warm = anyio.Event()
+        self.latencies: list[float] = []
+        self.latency_exits = 0
+        self.latency_done = anyio.Event()
+        self.latency_target = 0
+
+    async def process_event(self, container_id: str, event_type: EventType, event: Event) -> None:
+        if event_type is not EventType.EXIT:
+            return
+        if container_id.startswith("bench-"):
+            self.seen += 1
+            if self.seen == 1:
+                self.first_at = time.time()
+            if self.seen % self.step == 0:
+                self.marks.append(time.time())
+            if self.seen == self.n:
+                self.done.set()
+        elif container_id.startswith("warm"):
+            self.warm.set()
+        elif container_id.startswith("lat-"):
+            assert isinstance(event, TaskExit) and event.exited_at is not None
+            self.latencies.append(time.time() - event.exited_at.timestamp())
+            if len(self.latencies) == self.latency_target:
+                self.latency_done.set()
+
+
+async def warm_up(sup: Supervisor, counter: anyio.abc.Process, backend: Counting) -> None:
+    """Publish until both subscribers have seen an event: then both are live."""
+    assert counter.stdout is not None
+    lines = BufferedByteReceiveStream(counter.stdout)
+    ctr_ready = anyio.Event()
+
+    async def read_ready() -> None:
+        line = await lines.receive_until(b"\n", 1024)
+        assert line == b"ready", line
+        ctr_ready.set()
+
+    event = TaskExitPb(container_id="warm", id="warm", pid=1, exited_at=datetime.now(UTC))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_ready)
+        pid = 1
+        while not (ctr_ready.is_set() and backend.warm.is_set()):
+            event.pid = pid
+            pid += 1
+            await sup.client._events_stub.publish(
+                PublishRequest(
+                    topic="/tasks/exit",
+                    event=AnyPb(type_url="containerd.events.TaskExit", value=bytes(event)),
+                )
+            )
+            with anyio.move_on_after(0.05):
+                await ctr_ready.wait()
+    counter.ctr_lines = lines  # type: ignore[attr-defined]
+
+
+async def throughput(
+    sup: Supervisor, backend: Counting, address: str, n: int, containers: int
+) -> dict[str, float]:
+    counter = await anyio.open_process(
+        [sys.executable, str(HERE / "_ctr_counter.py"), address, str(n)]
+    )
+    await warm_up(sup, counter, backend)
+    cpu0 = time.process_time()
+    t0 = time.time()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            anyio.run_process,
+            [
+                sys.executable,
+                str(HERE / "_publisher.py"),
+                address,
+                NAMESPACE,
+                str(n),
+                str(containers),
+            ],
+        )
+        with anyio.fail_after(300):
+            await backend.done.wait()
+    cpu1 = time.process_time()
+    t1 = time.time()
+    lines: BufferedByteReceiveStream = counter.ctr_lines  # type: ignore[attr-defined]
+    with anyio.fail_after(120):
+        ctr = json.loads(await lines.receive_until(b"\n", 1 << 20))
+        await counter.wait()
+    lags = [ours - theirs for ours, theirs in zip(backend.marks, ctr["marks"], strict=False)]
+    return {
+        "events": n,
+        "delivered": backend.seen,
+        "ctr_seen": ctr["seen"],
+        "duplicates": sup.pipeline.stats.duplicate_exits,
+        "skipped": sup.pipeline.stats.skipped,
+        "seconds": t1 - t0,
+        "events_per_s": n / (backend.marks[-1] - backend.first_at),
+        "cpu_us_per_event": (cpu1 - cpu0) / n * 1e6,
+        "max_lag_ms": max(lags) * 1000 if lags else float("nan"),
+        "final_lag_ms": lags[-1] * 1000 if lags else float("nan"),
+    }
+
+
+async def latency(sup: Supervisor, backend: Counting, rootfs: Path, exits: int) -> list[float]:
+    backend.latency_target = exits
+    for i in range(exits):
+        cid = f"lat-{i}"
+        container = await sup.client.create_container(cid, oci_spec(rootfs, ["/bin/true"]))
+        task = await container.new_task()
+        await task.start()
+        await task.wait()
+        await task.delete()
+        await container.delete()
+    with anyio.fail_after(30):
+        await backend.latency_done.wait()
+    return sorted(backend.latencies)
+
+
+async def bench(args: argparse.Namespace, base: Path) -> None:
+    rootfs = busybox_rootfs(base / "rootfs")
+    daemon = start_containerd(base / "containerd")
+    backend = Counting(args.events)
+    try:
+        async with Supervisor(
+            backend, daemon.address, NAMESPACE, fifo_dir=str(base / "fifo")
+        ) as sup:
+            result = await throughput(sup, backend, daemon.address, args.events, args.containers)
+            lat = await latency(sup, backend, rootfs, args.exits)
+    finally:
+        daemon.stop()
+        remove_namespace_dirs(NAMESPACE)
+    r = result
+    lost = r["events"] - r["delivered"]
+    print(
+        f"throughput: {r['events']:.0f} synthetic TaskExit events, {args.containers} container ids"
+    )
+    print(
+        f"  delivered {r['delivered']:.0f}, lost {lost:.0f}, duplicates {r['duplicates']:.0f}, "
+        f"skipped {r['skipped']:.0f}; ctr events saw {r['ctr_seen']:.0f}"
+    )
+    print(
+        f"  {r['events_per_s']:.0f} events/s delivered; "
+        f"{r['cpu_us_per_event']:.1f} us CPU per event in this process"
+    )
+    print(
+        f"  behind ctr events: worst {r['max_lag_ms']:.1f} ms, at the end "
+        f"{r['final_lag_ms']:.1f} ms (negative: ahead)"
+    )
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, round(len(lat) * 0.99) - 1)] * 1000
+    print(
+        f"exit-to-callback latency, {len(lat)} real exits: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {lat[-1] * 1000:.2f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--containers", type=int, default=100)
+    parser.add_argument("--exits", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
+        anyio.run(bench, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
