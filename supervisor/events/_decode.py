@@ -37,10 +37,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
-        try:
-            b = buf[pos]
-        except IndexError:
-            raise DecodeError("truncated varint") from None
+        b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
@@ -51,7 +48,12 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def fields(buf: bytes) -> dict[int, int | bytes]:
-    """Parse one message level: field number -> varint or raw bytes (last wins)."""
+    """Parse one message level: field number -> varint or raw bytes (last wins).
+
+    Reading past the end raises IndexError; :func:`envelope` and
+    :func:`decode_event` turn that (and any other malformation) into
+    :class:`DecodeError`.
+    """
     out: dict[int, int | bytes] = {}
     pos = 0
     end = len(buf)
@@ -94,17 +96,22 @@ def fields(buf: bytes) -> dict[int, int | bytes]:
 
 
 def _str(f: dict[int, int | bytes], n: int) -> str:
-    v = f.get(n, b"")
-    if not isinstance(v, bytes):
+    v = f.get(n)
+    if v is None:
+        return ""
+    if type(v) is not bytes:
         raise DecodeError(f"field {n} is not a string")
     return v.decode()
 
 
 def _int(f: dict[int, int | bytes], n: int) -> int:
     v = f.get(n, 0)
-    if not isinstance(v, int):
+    if type(v) is not int:
         raise DecodeError(f"field {n} is not a varint")
     return v
+
+
+_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def _time(f: dict[int, int | bytes], n: int) -> datetime | None:
@@ -112,7 +119,7 @@ def _time(f: dict[int, int | bytes], n: int) -> datetime | None:
     v = f.get(n)
     if v is None:
         return None
-    if not isinstance(v, bytes):
+    if type(v) is not bytes:
         raise DecodeError(f"field {n} is not a timestamp")
     seconds = nanos = 0
     pos = 0
@@ -130,6 +137,8 @@ def _time(f: dict[int, int | bytes], n: int) -> datetime | None:
         seconds -= _INT64_WRAP
     if seconds <= 0:
         return None
+    if seconds > _MAX_SECONDS or nanos > 999_999_999:
+        raise DecodeError(f"timestamp {seconds}.{nanos} is out of range")
     return _EPOCH + timedelta(0, seconds, nanos // 1000)
 
 
@@ -195,21 +204,33 @@ DECODERS: dict[str, tuple[EventType, _Decoder]] = {
 }
 
 
+_MALFORMED = (IndexError, ValueError, OverflowError)
+
+
 def envelope(data: bytes) -> tuple[str, str, bytes, datetime | None]:
     """Split an Envelope into (topic, event type name, event bytes, timestamp)."""
-    f = fields(data)
-    any_bytes = f.get(4, b"")
-    if not isinstance(any_bytes, bytes):
-        raise DecodeError("envelope event is not a message")
-    a = fields(any_bytes)
-    type_url = _str(a, 1)
-    value = a.get(2, b"")
-    if not isinstance(value, bytes):
-        raise DecodeError("event value is not bytes")
-    return _str(f, 3), type_url.rsplit("/", 1)[-1], value, _time(f, 1)
+    try:
+        f = fields(data)
+        any_bytes = f.get(4)
+        if type(any_bytes) is not bytes:
+            raise DecodeError("envelope has no event")
+        a = fields(any_bytes)
+        value = a.get(2, b"")
+        if type(value) is not bytes:
+            raise DecodeError("event value is not bytes")
+        return _str(f, 3), _str(a, 1).rsplit("/", 1)[-1], value, _time(f, 1)
+    except DecodeError:
+        raise
+    except _MALFORMED as exc:
+        raise DecodeError(f"malformed envelope: {exc}") from exc
 
 
 def decode_event(type_name: str, value: bytes, ts: datetime | None) -> tuple[EventType, Event]:
     """Decode a task event payload; KeyError for a type we do not route."""
     event_type, decode = DECODERS[type_name]
-    return event_type, decode(fields(value), ts)
+    try:
+        return event_type, decode(fields(value), ts)
+    except DecodeError:
+        raise
+    except _MALFORMED as exc:
+        raise DecodeError(f"malformed {type_name}: {exc}") from exc

@@ -36,8 +36,11 @@ class ExitLedger:
     ) -> None:
         self.forget_after = forget_after
         self._clock = clock
-        self._seen: dict[str, dict[tuple[str | None, int], float]] = {}
-        self._forget: deque[tuple[float, str, float]] = deque()
+        # Entries carry a sequence number: what was recorded before a delete
+        # is told from what came after by order, not by clock readings.
+        self._seq = 0
+        self._seen: dict[str, dict[tuple[str | None, int], int]] = {}
+        self._forget: deque[tuple[float, str, int]] = deque()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._seen.values())
@@ -52,7 +55,8 @@ class ExitLedger:
         key = (exec_id, pid)
         if key in seen:
             return False
-        seen[key] = self._clock()
+        self._seq += 1
+        seen[key] = self._seq
         return True
 
     def delivered(self, container_id: str, exec_id: str | None, pid: int) -> bool:
@@ -61,18 +65,17 @@ class ExitLedger:
 
     def task_deleted(self, container_id: str) -> None:
         """Start the countdown to forget what was recorded for this container so far."""
-        now = self._clock()
-        self._forget.append((now + self.forget_after, container_id, now))
+        self._forget.append((self._clock() + self.forget_after, container_id, self._seq))
 
     def _prune(self) -> None:
         now = self._clock()
         while self._forget and self._forget[0][0] <= now:
-            _, container_id, deleted_at = self._forget.popleft()
+            _, container_id, deleted_seq = self._forget.popleft()
             seen = self._seen.get(container_id)
             if seen is None:
                 continue
             # A task re-created under the same id keeps its newer entries.
-            for key in [k for k, at in seen.items() if at <= deleted_at]:
+            for key in [k for k, seq in seen.items() if seq <= deleted_seq]:
                 del seen[key]
             if not seen:
                 del self._seen[container_id]

@@ -1,7 +1,5 @@
 from datetime import UTC, datetime
 
-import pytest
-
 from supervisor.client import ExitStatus, ProcessState, TaskStatus
 from supervisor.events import ExitLedger, TaskExit, reconcile
 from supervisor.events._ledger import UNKNOWN_EXIT_STATUS, Known, ProcessKey
@@ -123,11 +121,6 @@ def test_second_delete_forgets_the_recreated_task_later() -> None:
     assert len(exits) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExitLedger orders entries against a delete by clock value: an exit recorded "
-    "after task_deleted() at the same clock reading is pruned with the old task's",
-)
 def test_entry_after_delete_at_same_clock_reading_survives() -> None:
     exits, clock = ledger()
     exits.first("c1", None, 10)
