@@ -212,8 +212,10 @@ def envelope(data: bytes) -> tuple[str, str, bytes, datetime | None]:
     try:
         f = fields(data)
         any_bytes = f.get(4)
-        if type(any_bytes) is not bytes:
+        if any_bytes is None:
             raise DecodeError("envelope has no event")
+        if type(any_bytes) is not bytes:
+            raise DecodeError("envelope event is not a message")
         a = fields(any_bytes)
         value = a.get(2, b"")
         if type(value) is not bytes:
