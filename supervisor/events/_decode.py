@@ -204,7 +204,7 @@ DECODERS: dict[str, tuple[EventType, _Decoder]] = {
 }
 
 
-_MALFORMED = (IndexError, ValueError, OverflowError)
+MALFORMED = (IndexError, ValueError, OverflowError)
 
 
 def envelope(data: bytes) -> tuple[str, str, bytes, datetime | None]:
@@ -223,7 +223,7 @@ def envelope(data: bytes) -> tuple[str, str, bytes, datetime | None]:
         return _str(f, 3), _str(a, 1).rsplit("/", 1)[-1], value, _time(f, 1)
     except DecodeError:
         raise
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise DecodeError(f"malformed envelope: {exc}") from exc
 
 
@@ -234,5 +234,5 @@ def decode_event(type_name: str, value: bytes, ts: datetime | None) -> tuple[Eve
         return event_type, decode(fields(value), ts)
     except DecodeError:
         raise
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise DecodeError(f"malformed {type_name}: {exc}") from exc

@@ -6,19 +6,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from grpclib.client import Channel
-from grpclib.const import Cardinality
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from .._proto.containerd.services.events import v1 as events_pb
 from .._proto.google.protobuf import Any as AnyPb
 from ..client import Client, ProcessState
 from ..errors import NotFound, SupervisorError, map_errors
-from ._decode import DECODERS, DecodeError, envelope, fields
+from ._decode import DECODERS, MALFORMED, DecodeError, envelope, fields
+from ._h2stream import ProtocolError as H2ProtocolError
+from ._h2stream import ServerStream
 from ._ledger import FORGET_AFTER, ExitLedger, Known, reconcile
 from ._queue import DEFAULT_MAX_QUEUED, SerialQueues
 from ._types import (
@@ -48,7 +46,7 @@ SYNC_REPUBLISH_MIN = 0.02
 #: How long shutdown waits for queued events to reach the backend.
 DRAIN_TIMEOUT = 5.0
 
-_STREAM_ERRORS = (StreamTerminatedError, ProtocolError, GRPCError, OSError, SupervisorError)
+_STREAM_ERRORS = (H2ProtocolError, OSError, SupervisorError)
 
 
 class ConnectionState(enum.Enum):
@@ -69,14 +67,6 @@ class PipelineStats:
     reconciled_exits: int = 0
     skipped: int = 0
     subscriptions: int = 0
-
-
-class _Raw:
-    """Makes grpclib hand over each stream message as bytes, undecoded."""
-
-    @staticmethod
-    def FromString(data: bytes) -> bytes:
-        return data
 
 
 class _SyncTimeout(Exception):
@@ -183,29 +173,25 @@ class EventPipeline:
             self._set_state(ConnectionState.CLOSED)
 
     async def _read_forever(self, task_status: TaskStatus[None]) -> None:
-        channel = Channel(path=self.client.address)
         first = True
         said_waiting = False
-        try:
-            while True:
-                try:
-                    await self._subscribe(channel, first, task_status)
-                    reason = "containerd ended the stream"
-                except _SyncTimeout:
-                    reason = f"our sync marker did not come back within {SYNC_TIMEOUT:.0f}s"
-                except _STREAM_ERRORS as exc:
-                    reason = str(exc) or type(exc).__name__
-                if self._state is ConnectionState.CONNECTED:
-                    first = False
-                    self._lost_at = time.monotonic()
-                    log.warning("event stream lost (%s); waiting for containerd", reason)
-                    self._set_state(ConnectionState.RECONNECTING)
-                elif not said_waiting:
-                    said_waiting = True
-                    log.warning("no event stream yet (%s); waiting for containerd", reason)
-                await self._wait_serving()
-        finally:
-            channel.close()
+        while True:
+            try:
+                await self._subscribe(first, task_status)
+                reason = "containerd ended the stream"
+            except _SyncTimeout:
+                reason = f"our sync marker did not come back within {SYNC_TIMEOUT:.0f}s"
+            except _STREAM_ERRORS as exc:
+                reason = str(exc) or type(exc).__name__
+            if self._state is ConnectionState.CONNECTED:
+                first = False
+                self._lost_at = time.monotonic()
+                log.warning("event stream lost (%s); waiting for containerd", reason)
+                self._set_state(ConnectionState.RECONNECTING)
+            elif not said_waiting:
+                said_waiting = True
+                log.warning("no event stream yet (%s); waiting for containerd", reason)
+            await self._wait_serving()
 
     async def _wait_serving(self) -> None:
         delay = RECONNECT_DELAY_MIN
@@ -213,9 +199,7 @@ class EventPipeline:
             await anyio.sleep(delay)
             delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
-    async def _subscribe(
-        self, channel: Channel, first: bool, task_status: TaskStatus[None]
-    ) -> None:
+    async def _subscribe(self, first: bool, task_status: TaskStatus[None]) -> None:
         ns = self.client.namespace
         request = events_pb.SubscribeRequest(
             filters=[
@@ -225,24 +209,18 @@ class EventPipeline:
         )
         sync = _Sync(uuid.uuid4().hex.encode())
         error: BaseException | None = None
-        async with (
-            channel.request(
-                _SUBSCRIBE,
-                Cardinality.UNARY_STREAM,
-                events_pb.SubscribeRequest,
-                _Raw,
-                metadata={"containerd-namespace": ns},
-            ) as stream,
-            anyio.create_task_group() as tg,
-        ):
-            try:
-                await stream.send_message(request, end=True)
-                self.stats.subscriptions += 1
-                tg.start_soon(self._announce, sync, tg)
-                await self._read(stream, sync, tg, first, task_status)
-            except _STREAM_ERRORS as exc:
-                error = exc
-            tg.cancel_scope.cancel()
+        async with ServerStream(
+            self.client.address, _SUBSCRIBE, bytes(request), {"containerd-namespace": ns}
+        ) as stream:
+            self.stats.subscriptions += 1
+            self._counted()
+            async with anyio.create_task_group() as tg:
+                try:
+                    tg.start_soon(self._announce, sync, tg)
+                    await self._read(stream, sync, tg, first, task_status)
+                except _STREAM_ERRORS as exc:
+                    error = exc
+                tg.cancel_scope.cancel()
         if sync.timed_out:
             raise _SyncTimeout
         if error is not None:
@@ -274,7 +252,7 @@ class EventPipeline:
 
     async def _read(
         self,
-        stream: Any,
+        stream: ServerStream,
         sync: _Sync,
         tg: TaskGroup,
         first: bool,
@@ -282,36 +260,38 @@ class EventPipeline:
     ) -> None:
         stats = self.stats
         route = self._route
-        while True:
-            data = await stream.recv_message()
-            if data is None:
-                return
-            stats.received += 1
-            type_name = "?"
-            try:
-                _topic, type_name, value, timestamp = envelope(data)
-                decoder = DECODERS.get(type_name)
-                if decoder is None:
-                    if type_name != SYNC_TYPE:
-                        self._skip(type_name, "not a routed event type")
-                    elif value == sync.nonce and not sync.seen.is_set():
-                        sync.seen.set()
-                        tg.start_soon(self._reconcile, first, task_status, tg)
+        async for batch in stream:
+            stats.received += len(batch)
+            for data in batch:
+                type_name = "?"
+                try:
+                    _topic, type_name, value, timestamp = envelope(data)
+                    decoder = DECODERS.get(type_name)
+                    if decoder is None:
+                        if type_name != SYNC_TYPE:
+                            self._skip(type_name, "not a routed event type")
+                        elif value == sync.nonce and not sync.seen.is_set():
+                            sync.seen.set()
+                            tg.start_soon(self._reconcile, first, task_status, tg)
+                        continue
+                    event_type, decode = decoder
+                    event = decode(fields(value), timestamp)
+                except (DecodeError, *MALFORMED) as exc:
+                    self._skip(type_name, f"undecodable ({exc})")
                     continue
-                event_type, decode = decoder
-                event = decode(fields(value), timestamp)
-            except (DecodeError, UnicodeDecodeError) as exc:
-                self._skip(type_name, f"undecodable ({exc})")
-                continue
-            if not route(event_type, event):
-                await self._route_slowly(event_type, event)
+                if not route(event_type, event):
+                    await self._route_slowly(event_type, event)
 
     def _skip(self, type_name: str, why: str) -> None:
         self.stats.skipped += 1
         self._counted()
         if type_name not in self._logged_types:
             self._logged_types.add(type_name)
-            log.warning("skipping %s events: %s (logged once per type)", type_name, why)
+            log.warning(
+                "skipped a %s event: %s (logged once per type; stats.skipped counts them all)",
+                type_name,
+                why,
+            )
 
     async def _dispatch(self, event_type: EventType, event: Event) -> None:
         if not self._route(event_type, event):
