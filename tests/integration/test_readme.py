@@ -1,4 +1,4 @@
-"""README's embedding example runs, and prints what its comments say."""
+"""README's examples run, and print what their comments say."""
 
 from __future__ import annotations
 
@@ -13,22 +13,40 @@ from supervisor.testing import ContainerdProcess, namespace_leftovers, remove_na
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _example() -> str:
+def _examples() -> list[str]:
     text = README.read_text()
-    marker = text.index("<!-- readme-example:")
-    match = re.compile(r"```python\n(.*?)```", re.S).search(text, marker)
-    assert match is not None
-    return match.group(1)
+    blocks = []
+    for marker in re.finditer(r"<!-- readme-example:", text):
+        match = re.compile(r"```python\n(.*?)```", re.S).search(text, marker.end())
+        assert match is not None
+        blocks.append(match.group(1))
+    return blocks
 
 
-def test_readme_example_runs(containerd: ContainerdProcess, rootfs: Path) -> None:
+def _run(code: str, containerd: ContainerdProcess, rootfs: Path) -> list[str]:
     env = dict(os.environ, CONTAINERD_ADDRESS=containerd.address, ROOTFS=str(rootfs))
     done = subprocess.run(
-        [sys.executable, "-c", _example()], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+def test_readme_has_two_examples() -> None:
+    assert len(_examples()) == 2
+
+
+def test_client_example(containerd: ContainerdProcess, rootfs: Path) -> None:
+    lines = _run(_examples()[0], containerd, rootfs)
     assert lines[0] == "hello 3"
     assert lines[1].startswith("gone: ")
     assert namespace_leftovers("example") == []
     remove_namespace_dirs("example")
+
+
+def test_supervisor_example(containerd: ContainerdProcess, rootfs: Path) -> None:
+    lines = _run(_examples()[1], containerd, rootfs)
+    assert lines[:3] == ["job create", "job start", "job exit"]
+    assert re.fullmatch(r"  code 7 at \d\d:\d\d:\d\d", lines[3])
+    assert namespace_leftovers("example-events") == []
+    remove_namespace_dirs("example-events")
