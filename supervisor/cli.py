@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
 
 from . import __version__
 from .errors import SupervisorError
@@ -26,13 +30,42 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--address", help="use this containerd socket instead of starting a private one"
     )
+    daemon = commands.add_parser(
+        "daemon",
+        help="run the supervisor service",
+        description="Run the containers defined in the definitions directory under their "
+        "restart policies, with a managed containerd unless one is configured. SIGHUP "
+        "reloads the definitions; SIGTERM stops the daemon and leaves containers running.",
+    )
+    daemon.add_argument("--config", type=Path, help="TOML configuration file (default: none)")
     return parser
+
+
+def _daemon(config_path: Path | None) -> int:
+    from .daemon import ConfigError, Daemon, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"supervisor daemon: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if os.geteuid() != 0:
+        print("supervisor daemon: must run as root (containerd and runc)", file=sys.stderr)
+        return 1
+    anyio.run(Daemon(config).run)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``supervisor`` console script."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "daemon":
+            return _daemon(args.config)
         if args.command == "demo":
             if os.geteuid() != 0:
                 print("supervisor demo: must run as root (containerd and runc)", file=sys.stderr)

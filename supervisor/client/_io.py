@@ -222,6 +222,19 @@ class FifoIO(ProcessIO):
             raise
         return cls(directory, writer, out, err, terminal)
 
+    @classmethod
+    def attach(cls, stdout: str, stderr: str = "", *, terminal: bool = False) -> FifoIO:
+        """Open the read ends of a running process's existing FIFOs again
+        (their paths are in :class:`ProcessState`), e.g. after a restart of the
+        program that made them. No stdin: it was closed with the old writer."""
+        out = FifoReader(Path(stdout))
+        try:
+            err = FifoReader(Path(stderr)) if stderr else None
+        except BaseException:
+            os.close(out._fd)
+            raise
+        return cls(Path(stdout).parent, None, out, err, terminal)
+
     async def close_stdin(self) -> None:
         if self.stdin_writer is not None:
             await self.stdin_writer.aclose()

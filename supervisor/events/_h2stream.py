@@ -17,7 +17,8 @@ and RST_STREAM (the stream is over).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import urllib.parse
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -136,7 +137,11 @@ class ServerStream:
                 frame(DATA, END_STREAM, STREAM, message),
             )
         )
-        await self._send(hello)
+        try:
+            await self._send(hello)
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -161,10 +166,10 @@ class ServerStream:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise Unavailable(f"connection to containerd lost ({exc or 'closed'})") from exc
 
-    def __aiter__(self) -> AsyncIterator[list[bytes]]:
+    def __aiter__(self) -> AsyncGenerator[list[bytes]]:
         return self.batches()
 
-    async def batches(self) -> AsyncIterator[list[bytes]]:
+    async def batches(self) -> AsyncGenerator[list[bytes]]:
         """Complete gRPC messages, a socket read's worth at a time."""
         sock = self._sock
         assert sock is not None
@@ -190,7 +195,11 @@ class ServerStream:
                 replies.append(frame(0x8, 0, 0, increment) + frame(0x8, 0, STREAM, increment))
                 self._unacked = 0
             if replies and not self._finished:
-                await self._send(b"".join(replies))
+                try:
+                    await self._send(b"".join(replies))
+                except Unavailable as exc:
+                    self._finished = True  # the messages already read still count
+                    self._failure = exc
             if messages:
                 yield messages
         if self._failure is not None:
@@ -300,4 +309,5 @@ class ServerStream:
                 status = Status(int(code))
             except ValueError:
                 status = Status.UNKNOWN
-            raise from_grpc(GRPCError(status, fields.get("grpc-message", "")))
+            message = urllib.parse.unquote(fields.get("grpc-message", ""))
+            raise from_grpc(GRPCError(status, message))

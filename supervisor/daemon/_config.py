@@ -1,0 +1,363 @@
+"""The daemon's own configuration: one TOML file, every key optional.
+
+::
+
+    namespace = "supervisor"
+    state_dir = "/var/lib/containerd-supervisor"
+    log_dir = "/var/log/containerd-supervisor"
+    definitions_dir = "/etc/containerd-supervisor/containers"
+    log_level = "info"                  # debug, info, warning or error
+    stop_containers_on_exit = false
+
+    [containerd]
+    address = "/run/containerd/containerd.sock"   # absent: run a managed containerd
+    binary = "containerd"
+
+    [control]
+    socket = "/run/containerd-supervisor/control.sock"
+    group = "wheel"
+
+    [logs]
+    max_size = "10m"
+    max_files = 5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from ..client import validate_id
+from ..errors import InvalidArgument, SupervisorError
+
+__all__ = (
+    "LOG_LEVELS",
+    "ConfigError",
+    "DaemonConfig",
+    "load_config",
+    "parse_size",
+)
+
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+
+_MIB = 1024 * 1024
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_D = TypeVar("_D")
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class ConfigError(SupervisorError, ValueError):
+    """The config file is unreadable or a key in it is invalid."""
+
+    def __init__(self, path: Path, key: str, message: str) -> None:
+        super().__init__(path, key, message)
+        self.path = path
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return _located(self.path, self.key, self.message)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What ``supervisor daemon`` runs with; the defaults work as root out of the box."""
+
+    containerd_address: str | None = None
+    namespace: str = "supervisor"
+    state_dir: Path = Path("/var/lib/containerd-supervisor")
+    log_dir: Path = Path("/var/log/containerd-supervisor")
+    definitions_dir: Path = Path("/etc/containerd-supervisor/containers")
+    control_socket: Path = Path("/run/containerd-supervisor/control.sock")
+    control_group: str | None = None
+    log_level: str = "info"
+    log_max_bytes: int = 10 * _MIB
+    log_max_files: int = 5
+    stop_containers_on_exit: bool = False
+    containerd_binary: str = "containerd"
+
+    @property
+    def fifo_dir(self) -> Path:
+        """Where the stdio fifos of the containers' tasks live."""
+        return self.state_dir / "fifo"
+
+    @property
+    def managed(self) -> bool:
+        """Whether the daemon runs its own containerd (no address was configured)."""
+        return self.containerd_address is None
+
+
+def parse_size(value: int | str) -> int:
+    """A positive byte count from an int or a string such as ``"512k"`` or ``"1.5g"``.
+
+    Units are binary (k = 1024) and case-insensitive, optionally followed by
+    ``b`` or ``ib`` (``"10MiB"``); a bare number is bytes. Raises
+    :class:`InvalidArgument` for anything else, zero or a negative size.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidArgument(f"size must be an integer or a string, not {_describe(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise InvalidArgument(
+                f"size {value!r} is not a number of bytes with an optional k, m, g or t suffix"
+            )
+        exact = Decimal(match[1]) * _UNITS[(match[2] or "").lower()]
+        if exact != exact.to_integral_value():
+            raise InvalidArgument(f"size {value!r} is not a whole number of bytes")
+        size = int(exact)
+    if size <= 0:
+        raise InvalidArgument(f"size {value!r} must be positive")
+    return size
+
+
+def load_config(path: Path | None) -> DaemonConfig:
+    """Read the daemon's config file; ``None`` gives the defaults.
+
+    Raises :class:`ConfigError` naming the file and the dotted key at fault.
+    """
+    if path is None:
+        return DaemonConfig()
+    try:
+        top = _Table(_read_toml(path), known=_TOP_KEYS)
+        containerd = top.table("containerd", known=("address", "binary"))
+        control = top.table("control", known=("socket", "group"))
+        logs = top.table("logs", known=("max_size", "max_files"))
+        default = DaemonConfig()
+        return DaemonConfig(
+            containerd_address=_address(containerd),
+            namespace=_namespace(top, default.namespace),
+            state_dir=top.absolute_path("state_dir", default.state_dir),
+            log_dir=top.absolute_path("log_dir", default.log_dir),
+            definitions_dir=top.absolute_path("definitions_dir", default.definitions_dir),
+            control_socket=control.absolute_path("socket", default.control_socket),
+            control_group=_group(control),
+            log_level=_log_level(top, default.log_level),
+            log_max_bytes=logs.size("max_size", default.log_max_bytes),
+            log_max_files=_max_files(logs, default.log_max_files),
+            stop_containers_on_exit=top.boolean(
+                "stop_containers_on_exit", default.stop_containers_on_exit
+            ),
+            containerd_binary=_binary(containerd, default.containerd_binary),
+        )
+    except _Invalid as exc:
+        raise ConfigError(path, exc.key, exc.message) from None
+    except _Unreadable as exc:
+        raise ConfigError(path, "", exc.message) from exc.__cause__
+
+
+_TOP_KEYS = (
+    "namespace",
+    "state_dir",
+    "log_dir",
+    "definitions_dir",
+    "log_level",
+    "stop_containers_on_exit",
+    "containerd",
+    "control",
+    "logs",
+)
+
+
+def _address(containerd: _Table) -> str | None:
+    address = containerd.string("address", None)
+    if address is None:
+        return None
+    path = address.removeprefix("unix://")
+    if not path.startswith("/"):
+        containerd.fail("address", f"{address!r} must be an absolute socket path")
+    return path
+
+
+def _binary(containerd: _Table, default: str) -> str:
+    binary = containerd.string("binary", default)
+    if not binary or ("/" in binary and not binary.startswith("/")):
+        containerd.fail("binary", f"{binary!r} must be a command name or an absolute path")
+    return binary
+
+
+def _namespace(top: _Table, default: str) -> str:
+    namespace = top.string("namespace", default)
+    try:
+        return validate_id(namespace, "namespace")
+    except InvalidArgument as exc:
+        top.fail("namespace", str(exc))
+
+
+def _group(control: _Table) -> str | None:
+    group = control.string("group", None)
+    if group is not None and not group:
+        control.fail("group", "must not be empty")
+    return group
+
+
+def _log_level(top: _Table, default: str) -> str:
+    level = top.string("log_level", default)
+    if level.lower() not in LOG_LEVELS:
+        top.fail("log_level", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level.lower()
+
+
+def _max_files(logs: _Table, default: int) -> int:
+    count = logs.integer("max_files", default)
+    if count < 1:
+        logs.fail("max_files", f"must be at least 1, not {count}")
+    return count
+
+
+# What follows is shared with the container definitions.
+
+
+def _located(path: Path, key: str, message: str) -> str:
+    return f"{path}: {key}: {message}" if key else f"{path}: {message}"
+
+
+class _Invalid(Exception):
+    """One key's value is wrong; the loader adds the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(key, message)
+        self.key = key
+        self.message = message
+
+
+class _Unreadable(Exception):
+    """The file cannot be read or is not TOML."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; raises ``_Unreadable`` with the parser's line and column."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise _Unreadable(f"invalid TOML: {exc}") from exc
+
+
+_TYPE_NAMES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _describe(value: object) -> str:
+    for kind, name in _TYPE_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
+class _Table:
+    """Typed access to one TOML table; every complaint names the dotted key."""
+
+    def __init__(self, data: Mapping[str, Any], known: tuple[str, ...], prefix: str = "") -> None:
+        self._data = data
+        self._prefix = prefix
+        for name in data:
+            if name not in known:
+                self.fail(name, "unknown key")
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def fail(self, name: str, message: str) -> NoReturn:
+        raise _Invalid(self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def get(self, name: str, kind: type | tuple[type, ...], what: str) -> Any:
+        """The value, ``None`` if absent; ``what`` names the expected type in the complaint."""
+        value = self._data.get(name)
+        if value is not None and (
+            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+        ):
+            self.fail(name, f"must be {what}, not {_describe(value)}")
+        return value
+
+    def table(self, name: str, known: tuple[str, ...]) -> _Table:
+        data = self.get(name, dict, "a table")
+        return _Table(data or {}, known, prefix=f"{self.key(name)}.")
+
+    def tables(self, name: str, known: tuple[str, ...]) -> list[_Table]:
+        items = self.get(name, list, "an array of tables") or []
+        out = []
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                self.fail(f"{name}[{index}]", f"must be a table, not {_describe(item)}")
+            out.append(_Table(item, known, prefix=f"{self.key(name)}[{index}]."))
+        return out
+
+    def string_map(self, name: str) -> dict[str, str]:
+        data: dict[str, Any] = self.get(name, dict, "a table of strings") or {}
+        for item, value in data.items():
+            if not isinstance(value, str):
+                self.fail(f"{name}.{item}", f"must be a string, not {_describe(value)}")
+        return dict(data)
+
+    def strings(self, name: str) -> list[str] | None:
+        items: list[Any] | None = self.get(name, list, "an array of strings")
+        if items is None:
+            return None
+        for index, item in enumerate(items):
+            if not isinstance(item, str):
+                self.fail(f"{name}[{index}]", f"must be a string, not {_describe(item)}")
+        return list(items)
+
+    def string(self, name: str, default: _D) -> str | _D:
+        value: str | None = self.get(name, str, "a string")
+        return default if value is None else value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value: bool | None = self.get(name, bool, "a boolean")
+        return default if value is None else value
+
+    def integer(self, name: str, default: _D) -> int | _D:
+        value: int | None = self.get(name, int, "an integer")
+        return default if value is None else value
+
+    def positive_number(self, name: str, default: _D) -> float | _D:
+        value: float | None = self.get(name, (int, float), "a number")
+        if value is None:
+            return default
+        if not (math.isfinite(value) and value > 0):
+            self.fail(name, f"must be a positive number, not {value}")
+        return float(value)
+
+    def absolute_path(self, name: str, default: _D) -> Path | _D:
+        value = self.string(name, None)
+        if value is None:
+            return default
+        if not value.startswith("/"):
+            self.fail(name, f"{value!r} must be an absolute path")
+        return Path(value)
+
+    def size(self, name: str, default: _D) -> int | _D:
+        value: int | str | None = self.get(name, (int, str), "an integer or a size like '10m'")
+        if value is None:
+            return default
+        try:
+            return parse_size(value)
+        except InvalidArgument as exc:
+            self.fail(name, str(exc))

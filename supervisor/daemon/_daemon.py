@@ -1,0 +1,397 @@
+"""The long-running service: definitions in, containers kept alive, state in containerd.
+
+The daemon is one backend of the event pipeline. Everything it must know
+after a crash lives in labels on the containers (policy, restart count,
+backoff, manual stop, definition hash, start time, log path), so a new
+daemon rebuilds itself from containerd alone and touches nothing that runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._supervisor import Supervisor
+from ..client import Client, Container, FifoIO, FifoReader, Task, TaskStatus
+from ..errors import NotFound, SupervisorError
+from ..events import Event, EventType, TaskExit
+from ._config import DaemonConfig
+from ._containerd import ManagedContainerd
+from ._definitions import ContainerDefinition, load_definitions
+from ._logs import RotatingJsonLog
+from ._notify import Notifier, watchdog_interval
+from ._policy import (
+    RestartPolicy,
+    RestartState,
+    decide,
+    manual_stop,
+    record_oom,
+    restart_on_daemon_start,
+)
+
+log = logging.getLogger("supervisor.daemon")
+
+PREFIX = "io.containerd-supervisor/"
+MANAGED = PREFIX + "managed"
+HASH = PREFIX + "definition-hash"
+POLICY = PREFIX + "restart-policy"
+STOP_SIGNAL = PREFIX + "stop-signal"
+STOP_TIMEOUT = PREFIX + "stop-timeout"
+STARTED_AT = PREFIX + "started-at"
+FINISHED_AT = PREFIX + "finished-at"
+EXIT_CODE = PREFIX + "exit-code"
+LOG_PATH = PREFIX + "log-path"
+MANAGED_FILTER = f'labels."{MANAGED}"==true'
+
+#: Bound on each container operation the daemon makes on its own.
+OPERATION_TIMEOUT = 30.0
+#: How long an exit waits for the rest of the process's output to be logged.
+LOG_DRAIN_TIMEOUT = 2.0
+
+
+class Daemon:
+    """Runs the definitions in ``config.definitions_dir`` under their restart
+    policies, until SIGTERM or SIGINT; SIGHUP reloads the definitions."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        # Read the watchdog interval before the environment loses it (so that
+        # the managed containerd does not inherit systemd's variables).
+        self.watchdog_interval = watchdog_interval()
+        self.notifier = Notifier.from_env(unset=True)
+        self.definitions: dict[str, ContainerDefinition] = {}
+        self._tasks: dict[str, Task] = {}
+        self._logs: dict[str, RotatingJsonLog] = {}
+        self._drained: dict[str, anyio.Event] = {}  # set when a task's output hit EOF
+        self._busy: set[str] = set()  # ids being stopped or replaced by us
+        self._restored = anyio.Event()
+        self._sup: Supervisor | None = None
+        self._tg: TaskGroup | None = None
+        self.managed: ManagedContainerd | None = None
+
+    @property
+    def client(self) -> Client:
+        assert self._sup is not None
+        return self._sup.client
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        started = time.monotonic()
+        self.notifier.status("starting containerd" if config.managed else "connecting")
+        address = config.containerd_address
+        if address is None:
+            self.managed = ManagedContainerd(
+                config.state_dir / "containerd", config.containerd_binary
+            )
+            await self.managed.start()
+            address = self.managed.address
+        try:
+            async with (
+                Supervisor(self, address, config.namespace, fifo_dir=str(config.fifo_dir)) as sup,
+                anyio.create_task_group() as tg,
+            ):
+                self._sup, self._tg = sup, tg
+                if self.managed is not None:
+                    tg.start_soon(self.managed.watch)
+                await self._restore()
+                running = len(self._tasks)
+                log.info(
+                    "ready in %.2fs: %d definitions, %d containers running",
+                    time.monotonic() - started,
+                    len(self.definitions),
+                    running,
+                )
+                self.notifier.ready(f"{running} containers running")
+                if self.watchdog_interval is not None:
+                    tg.start_soon(self._watchdog, self.watchdog_interval)
+                await self._serve_signals()
+                self.notifier.stopping()
+                self.notifier.status("stopping")
+                if config.stop_containers_on_exit:
+                    with anyio.move_on_after(OPERATION_TIMEOUT * 2):
+                        for cid in list(self.definitions):
+                            await self._stop(cid, remove=False)
+                tg.cancel_scope.cancel()
+        finally:
+            for journal in self._logs.values():
+                journal.close()
+            if self.managed is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.managed.stop()
+
+    async def _serve_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.notifier.reloading()
+                    await self.reload()
+                    self.notifier.ready(f"{len(self._tasks)} containers running")
+                else:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    return
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await anyio.sleep(interval)
+
+    # -- definitions -------------------------------------------------------------
+
+    def _load(self) -> dict[str, ContainerDefinition]:
+        definitions, errors = load_definitions(self.config.definitions_dir)
+        for error in errors:
+            log.error("skipping definition %s", error)
+        return {d.id: d for d in definitions}
+
+    async def _restore(self) -> None:
+        """Live restore: adopt what runs, apply the definitions, then let the
+        pipeline's handlers (held until now) apply policies to what ended."""
+        wanted = self._load()
+        existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        for cid, info in existing.items():
+            definition = wanted.get(cid)
+            if definition is None:
+                log.info("container %s has no definition any more: removing it", cid)
+                await self._stop(cid, remove=True)
+            elif info.labels.get(HASH) != definition.definition_hash():
+                log.info("definition of %s changed: replacing it", cid)
+                await self._stop(cid, remove=True)
+                await self._create_and_start(definition)
+            else:
+                self.definitions[cid] = definition
+                await self._adopt(await self.client.load_container(cid), definition)
+        for cid, definition in wanted.items():
+            if cid not in existing:
+                await self._create_and_start(definition)
+        self._restored.set()
+
+    async def _adopt(self, container: Container, definition: ContainerDefinition) -> None:
+        cid = container.id
+        try:
+            state = await self.client.process_state(cid)
+        except NotFound:
+            labels = container.info.labels
+            if restart_on_daemon_start(_policy(labels), RestartState.from_labels(labels)):
+                log.info("container %s was stopped; its policy starts it again", cid)
+                try:
+                    with anyio.fail_after(OPERATION_TIMEOUT):
+                        await self._start(container)
+                except (SupervisorError, TimeoutError) as exc:
+                    log.error("cannot start %s: %s", cid, exc)
+            return
+        if state.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING):
+            io = FifoIO.attach(state.stdout, state.stderr) if state.stdout else None
+            task = await container.task(io)
+            self._tasks[cid] = task
+            if io is not None:
+                self._pump(cid, io)
+            log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
+        # A stopped task: the pipeline reported its exit; _on_exit applies the policy.
+
+    async def reload(self) -> None:
+        """Apply the definitions directory: create new, replace changed, remove gone."""
+        wanted = self._load()
+        for cid in list(self.definitions):
+            if cid not in wanted:
+                log.info("definition of %s removed: stopping and deleting it", cid)
+                await self._stop(cid, remove=True)
+                del self.definitions[cid]
+        for cid, definition in wanted.items():
+            current = self.definitions.get(cid)
+            if current is None:
+                await self._create_and_start(definition)
+            elif current.definition_hash() != definition.definition_hash():
+                log.info("definition of %s changed: replacing it", cid)
+                await self._stop(cid, remove=True)
+                await self._create_and_start(definition)
+
+    # -- containers --------------------------------------------------------------
+
+    def _labels(self, definition: ContainerDefinition) -> dict[str, str]:
+        return {
+            **definition.labels,
+            MANAGED: "true",
+            HASH: definition.definition_hash(),
+            POLICY: str(definition.restart),
+            STOP_SIGNAL: str(int(definition.stop_signal)),
+            STOP_TIMEOUT: str(definition.stop_timeout),
+            LOG_PATH: str(self.config.log_dir / f"{definition.id}.log"),
+            **RestartState().to_labels(),
+        }
+
+    async def _create_and_start(self, definition: ContainerDefinition) -> None:
+        try:
+            with anyio.fail_after(OPERATION_TIMEOUT):
+                container = await self.client.create_container(
+                    definition.id, definition.spec(), labels=self._labels(definition)
+                )
+                self.definitions[definition.id] = definition
+                await self._start(container)
+        except (SupervisorError, TimeoutError) as exc:
+            log.error("cannot run %s (%s): %s", definition.id, definition.source, exc)
+
+    async def _start(self, container: Container) -> None:
+        cid = container.id
+        definition = self.definitions.get(cid)
+        terminal = definition.terminal if definition else False
+        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal)
+        task = await container.new_task(io)
+        self._pump(cid, io)
+        await task.start()
+        self._tasks[cid] = task
+        await container.update_labels({STARTED_AT: f"{time.time():.6f}"})
+
+    def _pump(self, cid: str, io: FifoIO) -> None:
+        """Copy the task's output into its JSON log until EOF (the process's end)."""
+        assert self._tg is not None
+        journal = self._logs.get(cid)
+        if journal is None:
+            journal = self._logs[cid] = RotatingJsonLog(
+                self.config.log_dir / f"{cid}.log",
+                self.config.log_max_bytes,
+                self.config.log_max_files,
+            )
+        drained = self._drained[cid] = anyio.Event()
+        readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
+        self._tg.start_soon(_copy_logs, [(s, r) for s, r in readers if r is not None], journal,
+                            drained)  # fmt: skip
+
+    async def _stop(self, cid: str, *, remove: bool) -> None:
+        """Stop a container on our own account (signal, timeout, SIGKILL);
+        with ``remove``, delete it too."""
+        self._busy.add(cid)
+        try:
+            with anyio.fail_after(OPERATION_TIMEOUT * 3):
+                try:
+                    container = await self.client.load_container(cid)
+                except NotFound:
+                    return
+                labels = container.info.labels
+                await container.update_labels(
+                    manual_stop(RestartState.from_labels(labels)).to_labels()
+                )
+                task = self._tasks.pop(cid, None)
+                if task is None:
+                    with contextlib.suppress(NotFound):
+                        task = await container.task()
+                if task is not None:
+                    await _stop_task(task, labels)
+                if remove:
+                    await container.delete()
+                    journal = self._logs.pop(cid, None)
+                    if journal is not None:
+                        journal.close()
+        except (SupervisorError, TimeoutError) as exc:
+            log.error("cannot stop %s: %s", cid, exc)
+        finally:
+            self._busy.discard(cid)
+
+    # -- the backend -------------------------------------------------------------
+
+    async def process_event(self, container_id: str, event_type: EventType, event: Event) -> None:
+        await self._restored.wait()
+        if container_id not in self.definitions or container_id in self._busy:
+            return
+        if event_type is EventType.OOM:
+            container = await self.client.load_container(container_id)
+            state = record_oom(RestartState.from_labels(container.info.labels))
+            await container.update_labels(state.to_labels())
+            log.warning("container %s: out of memory (kill %d)", container_id, state.oom_kills)
+        elif event_type is EventType.EXIT and isinstance(event, TaskExit) and event.exec_id is None:
+            await self._on_exit(container_id, event)
+
+    async def _on_exit(self, cid: str, event: TaskExit) -> None:
+        try:
+            container = await self.client.load_container(cid)
+        except NotFound:
+            return
+        current = self._tasks.get(cid)
+        if current is None:
+            with contextlib.suppress(NotFound):
+                current = await container.task()
+        if current is not None and current.pid != event.pid:
+            return  # the exit of a task this container had before its current one
+        labels = container.info.labels
+        state = RestartState.from_labels(labels)
+        ended = event.exited_at.timestamp() if event.exited_at else time.time()
+        ran_for = max(0.0, ended - float(labels.get(STARTED_AT, ended)))
+        decision = decide(_policy(labels), state, event.exit_status, ran_for)
+        drained = self._drained.pop(cid, None)
+        if drained is not None:
+            with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
+                await drained.wait()  # the tail of its output, before the FIFOs go
+        task = self._tasks.pop(cid, None) or current
+        if task is not None:
+            with contextlib.suppress(NotFound):
+                await task.delete()
+        journal = self._logs.get(cid)
+        if journal is not None:
+            await anyio.to_thread.run_sync(journal.flush_partial)
+        await container.update_labels(
+            {
+                **decision.state.to_labels(),
+                EXIT_CODE: str(event.exit_status),
+                FINISHED_AT: datetime.fromtimestamp(ended, UTC).isoformat(),
+            }
+        )
+        log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
+        if not decision.restart:
+            return
+        await anyio.sleep(decision.delay)
+        if cid in self._busy or cid not in self.definitions:
+            return
+        await container.refresh()
+        if RestartState.from_labels(container.info.labels).manually_stopped:
+            return
+        try:
+            with anyio.fail_after(OPERATION_TIMEOUT):
+                await self._start(container)
+        except (SupervisorError, TimeoutError) as exc:
+            log.error("cannot restart %s: %s", cid, exc)
+
+
+def _policy(labels: Mapping[str, str]) -> RestartPolicy:
+    return RestartPolicy.parse(labels.get(POLICY, "no"))
+
+
+async def _stop_task(task: Task, labels: Mapping[str, str]) -> None:
+    signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
+    timeout = float(labels.get(STOP_TIMEOUT, 10.0))
+    state = await task.status()
+    if state.status is not TaskStatus.STOPPED:
+        with contextlib.suppress(NotFound):
+            await task.kill(signum)
+        with anyio.move_on_after(timeout) as waited:
+            await task.wait()
+        if waited.cancelled_caught:
+            log.warning("container %s ignored signal %d for %gs; SIGKILL",
+                        task.container_id, signum, timeout)  # fmt: skip
+    with contextlib.suppress(NotFound):
+        await task.force_delete()
+
+
+async def _copy_logs(
+    readers: list[tuple[str, FifoReader]], journal: RotatingJsonLog, drained: anyio.Event
+) -> None:
+    async def copy(stream: str, reader: FifoReader) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError):
+            async for chunk in reader:
+                await anyio.to_thread.run_sync(journal.write, stream, chunk, datetime.now(UTC))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for stream, reader in readers:
+                tg.start_soon(copy, stream, reader)
+    finally:
+        drained.set()

@@ -1,0 +1,307 @@
+"""The daemon as operators run it: a subprocess with a config, a definitions
+directory, its own managed containerd, and systemd's notify socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+from supervisor import Client, NotFound, TaskStatus
+from supervisor.testing import start_containerd
+
+from .conftest import _missing
+
+pytestmark = pytest.mark.anyio
+
+PREFIX = "io.containerd-supervisor/"
+READY_TIMEOUT = 60.0
+WAIT = 30.0
+
+
+@dataclass
+class DaemonDirs:
+    base: Path
+    namespace: str
+    rootfs: Path
+    notify: socket.socket
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.base / "config.toml"
+
+    @property
+    def defs(self) -> Path:
+        return self.base / "defs"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def logs(self) -> Path:
+        return self.base / "logs"
+
+    @property
+    def address(self) -> str:
+        return str(self.state / "containerd" / "containerd.sock")
+
+    def define(self, cid: str, command: list[str], restart: str = "no", **extra: str) -> None:
+        lines = [
+            f'rootfs = "{self.rootfs}"',
+            f"command = {json.dumps(command)}",
+            f'restart = "{restart}"',
+            *(f"{k} = {v}" for k, v in extra.items()),
+        ]
+        (self.defs / f"{cid}.toml").write_text("\n".join(lines) + "\n")
+
+    def start(self, watchdog_usec: int | None = None) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify.getsockname())
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        out = open(self.base / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.base.glob("daemon-*.log")))
+
+    async def message(self, wanted: str, within: float = READY_TIMEOUT) -> list[str]:
+        """Wait for a notify datagram containing ``wanted``; returns its lines."""
+        with anyio.fail_after(within):
+            while True:
+                await anyio.wait_readable(self.notify)
+                lines = self.notify.recv(4096).decode().splitlines()
+                if wanted in lines:
+                    return lines
+
+
+@pytest.fixture
+async def dirs(tmp_path: Path, rootfs: Path) -> AsyncIterator[DaemonDirs]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    namespace = f"daemon-{uuid.uuid4().hex[:8]}"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    d = DaemonDirs(tmp_path, namespace, rootfs, notify)
+    d.defs.mkdir()
+    d.config.write_text(
+        f'namespace = "{namespace}"\n'
+        f'state_dir = "{d.state}"\n'
+        f'log_dir = "{d.logs}"\n'
+        f'definitions_dir = "{d.defs}"\n'
+        "[control]\n"
+        f'socket = "{tmp_path / "control.sock"}"\n'
+    )
+    try:
+        yield d
+    finally:
+        for proc in d.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        notify.close()
+        await _clean(d)
+
+
+async def _clean(d: DaemonDirs) -> None:
+    """Remove what the daemons left (their containers keep running by design)."""
+    if not (d.state / "containerd" / "config.toml").exists():
+        return
+    ctd = start_containerd(d.state / "containerd")
+    try:
+        async with Client(ctd.address, d.namespace) as client:
+            for state in await client.list_tasks():
+                container = await client.load_container(state.container_id)
+                await (await container.task()).force_delete()
+            for info in await client.list_containers():
+                await (await client.load_container(info.id)).delete()
+    finally:
+        ctd.stop()
+        from supervisor.testing import remove_namespace_dirs
+
+        remove_namespace_dirs(d.namespace)
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
+    """Poll state the daemon keeps in containerd (no event tells us it changed)
+    every 50 ms until ``check`` holds, failing after ``within`` seconds."""
+    with anyio.fail_after(within):
+        while not await check():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
+async def labels(client: Client, cid: str) -> dict[str, str]:
+    return dict((await client.load_container(cid)).info.labels)
+
+
+async def pid_of(client: Client, cid: str) -> int | None:
+    try:
+        state = await client.process_state(cid)
+    except NotFound:
+        return None
+    return state.pid if state.status is TaskStatus.RUNNING else None
+
+
+async def test_definitions_run_restart_and_notify(dirs: DaemonDirs) -> None:
+    dirs.define("web", ["sleep", "1000"], restart="always")
+    dirs.define("crash", ["sh", "-c", "echo boom >&2; exit 1"], restart="on-failure:3")
+    dirs.define("zero", ["sh", "-c", "echo hello; exit 0"], restart="always")
+    dirs.define("done", ["sh", "-c", "exit 0"], restart="on-failure")
+    proc = dirs.start(watchdog_usec=400_000)
+    ready = await dirs.message("READY=1")
+    assert any(line.startswith("STATUS=") for line in ready)
+    await dirs.message("WATCHDOG=1", within=5)
+
+    async with Client(dirs.address, dirs.namespace) as client:
+        web_pid = await pid_of(client, "web")
+        assert web_pid is not None
+
+        async def crash_gave_up() -> bool:
+            lab = await labels(client, "crash")
+            return (
+                lab.get(PREFIX + "restart-count") == "3" and await pid_of(client, "crash") is None
+            )
+
+        await until(crash_gave_up)
+        lab = await labels(client, "crash")
+        assert lab[PREFIX + "exit-code"] == "1"
+        assert float(lab[PREFIX + "backoff"]) == pytest.approx(0.4)  # 0.1, 0.2, 0.4
+
+        async def zero_restarted() -> bool:
+            return int((await labels(client, "zero")).get(PREFIX + "restart-count", "0")) >= 2
+
+        await until(zero_restarted)
+
+        async def done_exited() -> bool:
+            return (await labels(client, "done")).get(PREFIX + "exit-code") == "0"
+
+        await until(done_exited)
+        assert (await labels(client, "done"))[PREFIX + "restart-count"] == "0"
+
+    records = [json.loads(line) for line in (dirs.logs / "zero.log").read_text().splitlines()]
+    assert {"stream": "stdout", "log": "hello\n"}.items() <= records[0].items()
+    errors = [json.loads(line) for line in (dirs.logs / "crash.log").read_text().splitlines()]
+    assert [(r["stream"], r["log"]) for r in errors[:2]] == [("stderr", "boom\n")] * 2
+
+    proc.send_signal(signal.SIGTERM)
+    await dirs.message("STOPPING=1", within=10)
+    assert proc.wait(30) == 0
+    assert os.path.exists(f"/proc/{web_pid}"), "SIGTERM must leave containers running"
+
+
+async def test_sigkilled_daemon_adopts_everything(dirs: DaemonDirs) -> None:
+    for n in range(10):
+        dirs.define(f"c{n}", ["sleep", "1000"], restart="always")
+    first = dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        before = {f"c{n}": await pid_of(client, f"c{n}") for n in range(10)}
+    assert all(before.values())
+
+    first.kill()
+    first.wait(10)
+    os.kill(before["c9"], signal.SIGKILL)  # exits while no daemon watches
+
+    started = time.monotonic()
+    dirs.start()
+    await dirs.message("READY=1")
+    adopt_seconds = time.monotonic() - started
+    async with Client(dirs.address, dirs.namespace) as client:
+        after = {f"c{n}": await pid_of(client, f"c{n}") for n in range(9)}
+        assert after == {k: v for k, v in before.items() if k != "c9"}
+
+        async def c9_restarted() -> bool:
+            pid = await pid_of(client, "c9")
+            return pid is not None and pid != before["c9"]
+
+        await until(c9_restarted)
+        assert (await labels(client, "c9"))[PREFIX + "restart-count"] == "1"
+        assert (await labels(client, "c9"))[PREFIX + "exit-code"] == str(128 + signal.SIGKILL)
+    print(f"\nrestart to READY with 10 containers adopted: {adopt_seconds:.2f}s")
+
+
+async def test_managed_containerd_killed_is_restarted(dirs: DaemonDirs) -> None:
+    dirs.define("keep", ["sleep", "1000"], restart="always")
+    dirs.define("victim", ["sleep", "1000"], restart="always")
+    dirs.start()
+    await dirs.message("READY=1")
+    pidfile = dirs.state / "containerd" / "containerd.pid"
+    old = int(pidfile.read_text())
+    async with Client(dirs.address, dirs.namespace) as client:
+        keep = await pid_of(client, "keep")
+        victim = await pid_of(client, "victim")
+    assert keep and victim
+    os.kill(old, signal.SIGKILL)
+
+    async def new_containerd() -> bool:
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return False
+        async with Client(dirs.address, dirs.namespace) as c:
+            return pid != old and await c.is_serving()
+
+    await until(new_containerd)
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "keep") == keep
+        os.kill(victim, signal.SIGKILL)  # events and restarts work again
+
+        async def victim_restarted() -> bool:
+            pid = await pid_of(client, "victim")
+            return pid is not None and pid != victim
+
+        await until(victim_restarted)
+
+
+async def test_bad_definition_is_skipped_and_others_run(dirs: DaemonDirs) -> None:
+    dirs.define("good", ["sleep", "1000"])
+    (dirs.defs / "broken.toml").write_text('command = "not a list"\nrootfs = "/nope"\n')
+    dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "good") is not None
+        assert [c.id for c in await client.list_containers()] == ["good"]
+    assert "broken.toml" in dirs.output()
+
+
+def test_bad_config_is_refused_with_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    state = tmp_path / "state"
+    config.write_text(f'state_dir = "{state}"\n[logs]\nmax_files = "many"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(config) in lines[0] and "logs.max_files" in lines[0]
+    assert not state.exists()
