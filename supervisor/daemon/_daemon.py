@@ -71,6 +71,7 @@ class Daemon:
         self._logs: dict[str, RotatingJsonLog] = {}
         self._drained: dict[str, anyio.Event] = {}  # set when a task's output hit EOF
         self._busy: set[str] = set()  # ids being stopped or replaced by us
+        self._stopping = False
         self._restored = anyio.Event()
         self._sup: Supervisor | None = None
         self._tg: TaskGroup | None = None
@@ -116,6 +117,7 @@ class Daemon:
                 if self.watchdog_interval is not None:
                     tg.start_soon(self._watchdog, self.watchdog_interval)
                 await self._serve_signals()
+                self._stopping = True
                 self.notifier.stopping()
                 self.notifier.status("stopping")
                 if config.stop_containers_on_exit:
@@ -312,6 +314,11 @@ class Daemon:
             await self._on_exit(container_id, event)
 
     async def _on_exit(self, cid: str, event: TaskExit) -> None:
+        """Apply the restart policy. Nothing changes before the backoff delay is
+        over, so a daemon stopped meanwhile leaves the stopped task for the next
+        one, which decides the same way."""
+        if self._stopping:
+            return
         try:
             container = await self.client.load_container(cid)
         except NotFound:
@@ -323,10 +330,15 @@ class Daemon:
         if current is not None and current.pid != event.pid:
             return  # the exit of a task this container had before its current one
         labels = container.info.labels
-        state = RestartState.from_labels(labels)
         ended = event.exited_at.timestamp() if event.exited_at else time.time()
         ran_for = max(0.0, ended - float(labels.get(STARTED_AT, ended)))
-        decision = decide(_policy(labels), state, event.exit_status, ran_for)
+        decision = decide(_policy(labels), RestartState.from_labels(labels), event.exit_status,
+                          ran_for)  # fmt: skip
+        log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
+        if decision.restart:
+            await anyio.sleep(decision.delay)
+            if self._stopping or cid in self._busy or cid not in self.definitions:
+                return
         drained = self._drained.pop(cid, None)
         if drained is not None:
             with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
@@ -335,9 +347,6 @@ class Daemon:
         if task is not None:
             with contextlib.suppress(NotFound):
                 await task.delete()
-        journal = self._logs.get(cid)
-        if journal is not None:
-            await anyio.to_thread.run_sync(journal.flush_partial)
         await container.update_labels(
             {
                 **decision.state.to_labels(),
@@ -345,11 +354,7 @@ class Daemon:
                 FINISHED_AT: datetime.fromtimestamp(ended, UTC).isoformat(),
             }
         )
-        log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
         if not decision.restart:
-            return
-        await anyio.sleep(decision.delay)
-        if cid in self._busy or cid not in self.definitions:
             return
         await container.refresh()
         if RestartState.from_labels(container.info.labels).manually_stopped:

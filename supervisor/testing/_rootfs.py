@@ -12,7 +12,8 @@ def busybox_rootfs(target: str | os.PathLike[str]) -> Path:
     """Make a minimal rootfs at ``target`` from the host's static busybox.
 
     ``bin/busybox`` plus a symlink per applet, empty ``proc dev sys tmp``, and
-    an ``etc/passwd`` and ``etc/group`` with root and nobody.
+    an ``etc/passwd`` and ``etc/group`` with root and nobody. Running it again
+    on an existing rootfs is harmless.
     """
     busybox = next((p for p in _BUSYBOX_CANDIDATES if os.path.exists(p)), None)
     if busybox is None:
@@ -22,7 +23,10 @@ def busybox_rootfs(target: str | os.PathLike[str]) -> Path:
     for name in ("proc", "dev", "sys", "tmp", "etc", "root"):
         (root / name).mkdir(exist_ok=True)
     (root / "tmp").chmod(0o1777)
-    shutil.copy2(busybox, root / "bin" / "busybox")
+    target = root / "bin" / "busybox"
+    # Idempotent: containers may be running from an existing copy ("text file busy").
+    if not target.exists() or target.stat().st_size != os.stat(busybox).st_size:
+        shutil.copy2(busybox, target)
     applets = subprocess.run(
         [busybox, "--list"], check=True, capture_output=True, text=True
     ).stdout.split()

@@ -173,6 +173,12 @@ async def test_definitions_run_restart_and_notify(dirs: DaemonDirs) -> None:
     dirs.define("crash", ["sh", "-c", "echo boom >&2; exit 1"], restart="on-failure:3")
     dirs.define("zero", ["sh", "-c", "echo hello; exit 0"], restart="always")
     dirs.define("done", ["sh", "-c", "exit 0"], restart="on-failure")
+    dirs.define(
+        "hog",
+        ["sh", "-c", "x=$(head -c 64000000 /dev/zero | tr '\\0' a)"],
+        restart="no",
+        memory='"8m"',
+    )
     proc = dirs.start(watchdog_usec=400_000)
     ready = await dirs.message("READY=1")
     assert any(line.startswith("STATUS=") for line in ready)
@@ -203,6 +209,11 @@ async def test_definitions_run_restart_and_notify(dirs: DaemonDirs) -> None:
 
         await until(done_exited)
         assert (await labels(client, "done"))[PREFIX + "restart-count"] == "0"
+
+        async def oom_recorded() -> bool:
+            return (await labels(client, "hog")).get(PREFIX + "oom-kills") == "1"
+
+        await until(oom_recorded)
 
     records = [json.loads(line) for line in (dirs.logs / "zero.log").read_text().splitlines()]
     assert {"stream": "stdout", "log": "hello\n"}.items() <= records[0].items()
@@ -277,6 +288,40 @@ async def test_managed_containerd_killed_is_restarted(dirs: DaemonDirs) -> None:
             return pid is not None and pid != victim
 
         await until(victim_restarted)
+
+
+async def test_hung_containerd_is_killed_and_restarted(dirs: DaemonDirs) -> None:
+    """A containerd that stops answering (SIGSTOP) fails three health checks,
+    then is killed and replaced; the containers live on."""
+    dirs.define("keep", ["sleep", "1000"], restart="always")
+    dirs.start()
+    await dirs.message("READY=1")
+    pidfile = dirs.state / "containerd" / "containerd.pid"
+    old = int(pidfile.read_text())
+    async with Client(dirs.address, dirs.namespace) as client:
+        keep = await pid_of(client, "keep")
+    os.kill(old, signal.SIGSTOP)
+
+    async def replaced() -> bool:
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return False
+        async with Client(dirs.address, dirs.namespace) as c:
+            return pid != old and await c.is_serving()
+
+    await until(replaced, within=60)
+    assert not os.path.exists(f"/proc/{old}/stat") or "Z" in _state(old)
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "keep") == keep
+    assert "not answering" in dirs.output()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return "gone"
 
 
 async def test_bad_definition_is_skipped_and_others_run(dirs: DaemonDirs) -> None:
