@@ -35,7 +35,9 @@ __all__ = (
     "SupervisorError",
     "Unavailable",
     "Unimplemented",
+    "from_grpc",
     "map_errors",
+    "to_grpc",
 )
 
 
@@ -102,6 +104,19 @@ def from_grpc(exc: GRPCError) -> SupervisorError:
     if cls is None:
         return ContainerdError(message, exc.status)
     return cls(message)
+
+
+def to_grpc(exc: SupervisorError) -> GRPCError:
+    """The other direction, for our own gRPC server: an error as a status."""
+    if isinstance(exc, ContainerdError) and exc.status is not None:
+        return GRPCError(exc.status, str(exc))
+    for status, cls in _BY_STATUS.items():
+        if type(exc) is cls:
+            return GRPCError(status, str(exc))
+    for status, cls in _BY_STATUS.items():
+        if isinstance(exc, cls):
+            return GRPCError(status, str(exc))
+    return GRPCError(Status.UNKNOWN, str(exc))
 
 
 @contextmanager

@@ -9,14 +9,19 @@ daemon rebuilds itself from containerd alone and touches nothing that runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .._supervisor import Supervisor
 from ..client import Client, Container, FifoIO, FifoReader, Task, TaskStatus
@@ -24,6 +29,7 @@ from ..errors import NotFound, SupervisorError
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ManagedContainerd
+from ._control import serve
 from ._definitions import ContainerDefinition, load_definitions
 from ._logs import RotatingJsonLog
 from ._notify import Notifier, watchdog_interval
@@ -48,12 +54,45 @@ STARTED_AT = PREFIX + "started-at"
 FINISHED_AT = PREFIX + "finished-at"
 EXIT_CODE = PREFIX + "exit-code"
 LOG_PATH = PREFIX + "log-path"
+SOURCE = PREFIX + "source"
+COMMAND = PREFIX + "command"
+ROOTFS = PREFIX + "rootfs"
+REMOVE_ON_EXIT = PREFIX + "remove-on-exit"
 MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 #: Bound on each container operation the daemon makes on its own.
 OPERATION_TIMEOUT = 30.0
 #: How long an exit waits for the rest of the process's output to be logged.
 LOG_DRAIN_TIMEOUT = 2.0
+
+
+Listener = MemoryObjectSendStream[Any]
+
+
+@dataclass
+class Applied:
+    """What applying a definitions directory did."""
+
+    created: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def definition_from_labels(info: Any) -> ContainerDefinition:
+    """Rebuild what the daemon needs of a container made through the API."""
+    labels = info.labels
+    spec = info.spec
+    return ContainerDefinition(
+        id=info.id,
+        rootfs=Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
+        command=tuple(json.loads(labels.get(COMMAND, "[]")) or ["true"]),
+        restart=_policy(labels),
+        stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),
+        stop_timeout=float(labels.get(STOP_TIMEOUT, 10.0)),
+        terminal=bool(spec.get("process", {}).get("terminal", False)),
+        source=Path("<api>"),
+    )
 
 
 class Daemon:
@@ -70,8 +109,14 @@ class Daemon:
         self._tasks: dict[str, Task] = {}
         self._logs: dict[str, RotatingJsonLog] = {}
         self._drained: dict[str, anyio.Event] = {}  # set when a task's output hit EOF
+        self._from_dir: set[str] = set()  # ids the definitions directory owns
+        self.output_listeners: dict[str, set[Listener]] = {}
+        self.event_listeners: set[Listener] = set()
+        self._exits: dict[str, list[anyio.Event]] = {}
+        self.last_exit: dict[str, int] = {}
         self._busy: set[str] = set()  # ids being stopped or replaced by us
         self._stopping = False
+        self.load_errors: list[str] = []
         self._restored = anyio.Event()
         self._sup: Supervisor | None = None
         self._tg: TaskGroup | None = None
@@ -106,6 +151,7 @@ class Daemon:
                 if self.managed is not None:
                     tg.start_soon(self.managed.watch)
                 await self._restore()
+                server = await serve(self, config.control_socket, config.control_group)
                 running = len(self._tasks)
                 log.info(
                     "ready in %.2fs: %d definitions, %d containers running",
@@ -119,6 +165,7 @@ class Daemon:
                 await self._serve_signals()
                 self._stopping = True
                 self.notifier.stopping()
+                server.close()
                 self.notifier.status("stopping")
                 if config.stop_containers_on_exit:
                     with anyio.move_on_after(OPERATION_TIMEOUT * 2):
@@ -150,8 +197,9 @@ class Daemon:
 
     # -- definitions -------------------------------------------------------------
 
-    def _load(self) -> dict[str, ContainerDefinition]:
-        definitions, errors = load_definitions(self.config.definitions_dir)
+    def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
+        definitions, errors = load_definitions(directory or self.config.definitions_dir)
+        self.load_errors = [str(e) for e in errors]
         for error in errors:
             log.error("skipping definition %s", error)
         return {d.id: d for d in definitions}
@@ -163,6 +211,10 @@ class Daemon:
         existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
         for cid, info in existing.items():
             definition = wanted.get(cid)
+            if definition is None and info.labels.get(SOURCE) == "api":
+                self.definitions[cid] = definition_from_labels(info)
+                await self._adopt(await self.client.load_container(cid), self.definitions[cid])
+                continue
             if definition is None:
                 log.info("container %s has no definition any more: removing it", cid)
                 await self._stop(cid, remove=True)
@@ -176,6 +228,7 @@ class Daemon:
         for cid, definition in wanted.items():
             if cid not in existing:
                 await self._create_and_start(definition)
+        self._from_dir = set(wanted)
         self._restored.set()
 
     async def _adopt(self, container: Container, definition: ContainerDefinition) -> None:
@@ -201,29 +254,46 @@ class Daemon:
             log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
         # A stopped task: the pipeline reported its exit; _on_exit applies the policy.
 
-    async def reload(self) -> None:
+    async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
-        wanted = self._load()
-        for cid in list(self.definitions):
-            if cid not in wanted:
+        return await self.apply(self.config.definitions_dir, remove=True)
+
+    async def apply(self, directory: Path, *, remove: bool = False) -> Applied:
+        """Create the new definitions of ``directory`` and replace the changed
+        ones; with ``remove``, delete the containers whose file is gone."""
+        wanted = self._load(directory)
+        result = Applied(errors=list(self.load_errors))
+        if remove:
+            for cid in sorted(self._from_dir - set(wanted)):
                 log.info("definition of %s removed: stopping and deleting it", cid)
                 await self._stop(cid, remove=True)
-                del self.definitions[cid]
-        for cid, definition in wanted.items():
+                self.definitions.pop(cid, None)
+                self._from_dir.discard(cid)
+                result.removed.append(cid)
+        for cid, definition in sorted(wanted.items()):
             current = self.definitions.get(cid)
             if current is None:
-                await self._create_and_start(definition)
+                if await self._create_and_start(definition):
+                    result.created.append(cid)
             elif current.definition_hash() != definition.definition_hash():
                 log.info("definition of %s changed: replacing it", cid)
                 await self._stop(cid, remove=True)
-                await self._create_and_start(definition)
+                if await self._create_and_start(definition):
+                    result.replaced.append(cid)
+            self._from_dir.add(cid)
+        return result
 
     # -- containers --------------------------------------------------------------
 
-    def _labels(self, definition: ContainerDefinition) -> dict[str, str]:
+    def _labels(
+        self, definition: ContainerDefinition, source: str = "definitions"
+    ) -> dict[str, str]:
         return {
             **definition.labels,
             MANAGED: "true",
+            SOURCE: source,
+            COMMAND: json.dumps(list(definition.command)),
+            ROOTFS: str(definition.rootfs),
             HASH: definition.definition_hash(),
             POLICY: str(definition.restart),
             STOP_SIGNAL: str(int(definition.stop_signal)),
@@ -232,7 +302,7 @@ class Daemon:
             **RestartState().to_labels(),
         }
 
-    async def _create_and_start(self, definition: ContainerDefinition) -> None:
+    async def _create_and_start(self, definition: ContainerDefinition) -> bool:
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
                 container = await self.client.create_container(
@@ -242,17 +312,21 @@ class Daemon:
                 await self._start(container)
         except (SupervisorError, TimeoutError) as exc:
             log.error("cannot run %s (%s): %s", definition.id, definition.source, exc)
+            self.load_errors.append(f"{definition.source}: {exc}")
+            return False
+        return True
 
-    async def _start(self, container: Container) -> None:
+    async def _start(self, container: Container, *, stdin: bool = False) -> Task:
         cid = container.id
         definition = self.definitions.get(cid)
         terminal = definition.terminal if definition else False
-        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal)
+        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
         task = await container.new_task(io)
         self._pump(cid, io)
         await task.start()
         self._tasks[cid] = task
         await container.update_labels({STARTED_AT: f"{time.time():.6f}"})
+        return task
 
     def _pump(self, cid: str, io: FifoIO) -> None:
         """Copy the task's output into its JSON log until EOF (the process's end)."""
@@ -266,10 +340,59 @@ class Daemon:
             )
         drained = self._drained[cid] = anyio.Event()
         readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
+        listeners = self.output_listeners.setdefault(cid, set())
         self._tg.start_soon(_copy_logs, [(s, r) for s, r in readers if r is not None], journal,
-                            drained)  # fmt: skip
+                            listeners, drained)  # fmt: skip
 
-    async def _stop(self, cid: str, *, remove: bool) -> None:
+    def forget(self, cid: str) -> None:
+        """Drop what the daemon holds for a container that is gone."""
+        self.definitions.pop(cid, None)
+        self._from_dir.discard(cid)
+        journal = self._logs.pop(cid, None)
+        if journal is not None:
+            journal.close()
+        for listener in self.output_listeners.pop(cid, set()):
+            listener.close()
+
+    def exit_waiter(self, cid: str) -> anyio.Event:
+        """An event set at the container's next exit (after the policy ran)."""
+        waiter = anyio.Event()
+        self._exits.setdefault(cid, []).append(waiter)
+        return waiter
+
+    async def run_container(
+        self, definition: ContainerDefinition, *, remove: bool, stdin: bool
+    ) -> FifoIO:
+        """Create and start a container for the control API; returns its IO."""
+        labels = self._labels(definition, source="api")
+        if remove:
+            labels[REMOVE_ON_EXIT] = "true"
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            container = await self.client.create_container(
+                definition.id, definition.spec(), labels=labels
+            )
+            self.definitions[definition.id] = definition
+            try:
+                task = await self._start(container, stdin=stdin)
+            except BaseException:
+                self.definitions.pop(definition.id, None)
+                with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                    await container.delete()
+                raise
+        assert isinstance(task.io, FifoIO)
+        return task.io
+
+    async def stop_container(self, cid: str, *, grace: float | None = None) -> None:
+        """A manual stop: signal, ``grace`` seconds (default: the container's
+        stop timeout), SIGKILL. The restart policy will not undo it."""
+        await self._stop(cid, remove=False, grace=grace)
+
+    async def remove_container(self, cid: str) -> None:
+        """Stop (if running) and delete a container, and forget it."""
+        await self._stop(cid, remove=True)
+        self.forget(cid)
+
+    async def _stop(self, cid: str, *, remove: bool, grace: float | None = None) -> None:
         """Stop a container on our own account (signal, timeout, SIGKILL);
         with ``remove``, delete it too."""
         self._busy.add(cid)
@@ -288,7 +411,10 @@ class Daemon:
                     with contextlib.suppress(NotFound):
                         task = await container.task()
                 if task is not None:
-                    await _stop_task(task, labels)
+                    code = await _stop_task(task, labels, grace)
+                    self.last_exit[cid] = code
+                    for waiter in self._exits.pop(cid, []):
+                        waiter.set()
                 if remove:
                     await container.delete()
                     journal = self._logs.pop(cid, None)
@@ -302,6 +428,7 @@ class Daemon:
     # -- the backend -------------------------------------------------------------
 
     async def process_event(self, container_id: str, event_type: EventType, event: Event) -> None:
+        publish(self.event_listeners, (container_id, event_type, event))
         await self._restored.wait()
         if container_id not in self.definitions or container_id in self._busy:
             return
@@ -354,7 +481,14 @@ class Daemon:
                 FINISHED_AT: datetime.fromtimestamp(ended, UTC).isoformat(),
             }
         )
+        self.last_exit[cid] = event.exit_status
+        for waiter in self._exits.pop(cid, []):
+            waiter.set()
         if not decision.restart:
+            if labels.get(REMOVE_ON_EXIT) == "true":
+                with contextlib.suppress(NotFound):
+                    await container.delete()
+                self.forget(cid)
             return
         await container.refresh()
         if RestartState.from_labels(container.info.labels).manually_stopped:
@@ -366,13 +500,24 @@ class Daemon:
             log.error("cannot restart %s: %s", cid, exc)
 
 
+def publish(listeners: set[Listener], item: object) -> None:
+    """Hand ``item`` to every listener; one that cannot keep up is dropped
+    (its stream closes) rather than stalling the container or the pipeline."""
+    for listener in list(listeners):
+        try:
+            listener.send_nowait(item)
+        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            listeners.discard(listener)
+            listener.close()
+
+
 def _policy(labels: Mapping[str, str]) -> RestartPolicy:
     return RestartPolicy.parse(labels.get(POLICY, "no"))
 
 
-async def _stop_task(task: Task, labels: Mapping[str, str]) -> None:
+async def _stop_task(task: Task, labels: Mapping[str, str], grace: float | None) -> int:
     signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
-    timeout = float(labels.get(STOP_TIMEOUT, 10.0))
+    timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
     state = await task.status()
     if state.status is not TaskStatus.STOPPED:
         with contextlib.suppress(NotFound):
@@ -382,17 +527,24 @@ async def _stop_task(task: Task, labels: Mapping[str, str]) -> None:
         if waited.cancelled_caught:
             log.warning("container %s ignored signal %d for %gs; SIGKILL",
                         task.container_id, signum, timeout)  # fmt: skip
-    with contextlib.suppress(NotFound):
-        await task.force_delete()
+    try:
+        return (await task.force_delete()).code
+    except NotFound:
+        return 255
 
 
 async def _copy_logs(
-    readers: list[tuple[str, FifoReader]], journal: RotatingJsonLog, drained: anyio.Event
+    readers: list[tuple[str, FifoReader]],
+    journal: RotatingJsonLog,
+    listeners: set[Listener],
+    drained: anyio.Event,
 ) -> None:
     async def copy(stream: str, reader: FifoReader) -> None:
         with contextlib.suppress(anyio.ClosedResourceError):
             async for chunk in reader:
-                await anyio.to_thread.run_sync(journal.write, stream, chunk, datetime.now(UTC))
+                when = datetime.now(UTC)
+                await anyio.to_thread.run_sync(journal.write, stream, chunk, when)
+                publish(listeners, (when, stream, chunk))
 
     try:
         async with anyio.create_task_group() as tg:
@@ -400,3 +552,6 @@ async def _copy_logs(
                 tg.start_soon(copy, stream, reader)
     finally:
         drained.set()
+        for listener in list(listeners):  # followers end with the output
+            listener.close()
+        listeners.clear()

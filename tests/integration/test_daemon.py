@@ -211,7 +211,8 @@ async def test_definitions_run_restart_and_notify(dirs: DaemonDirs) -> None:
         assert (await labels(client, "done"))[PREFIX + "restart-count"] == "0"
 
         async def oom_recorded() -> bool:
-            return (await labels(client, "hog")).get(PREFIX + "oom-kills") == "1"
+            # One TaskOOM per OOM kill in the container: at least one here.
+            return int((await labels(client, "hog")).get(PREFIX + "oom-kills", "0")) >= 1
 
         await until(oom_recorded)
 

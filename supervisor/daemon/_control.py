@@ -1,0 +1,519 @@
+"""The control API: a gRPC service on a unix socket, for the CLI and other programs.
+
+The socket is created 0660, owned by root and the configured group; every
+call's peer is checked with SO_PEERCRED and refused unless it is root or in
+that group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import grpclib.const
+import grpclib.server
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+
+from .. import __version__
+from .._proto.supervisor import v1 as pb
+from ..client import FifoIO, Mount, TaskStatus
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, SupervisorError, to_grpc
+from ._definitions import ContainerDefinition
+from ._logs import read_records
+from ._policy import RestartPolicy, RestartState, manual_start, manual_stop
+
+if TYPE_CHECKING:
+    from ._daemon import Daemon
+
+log = logging.getLogger("supervisor.control")
+
+#: Buffered records per `logs -f` or `events` client before it is dropped.
+LISTENER_BUFFER = 4096
+
+
+@contextlib.contextmanager
+def _status() -> Iterator[None]:
+    try:
+        yield
+    except SupervisorError as exc:
+        raise to_grpc(exc) from exc
+
+
+def _signal(value: str) -> int:
+    text = value.strip().upper() or "SIGKILL"
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {value!r}") from None
+
+
+def _ts(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), UTC)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+class ControlService(pb.ControlBase):  # type: ignore[misc]
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    # -- helpers -----------------------------------------------------------------
+
+    async def _info(self, cid: str) -> pb.ContainerInfo:
+        from ._daemon import (
+            COMMAND,
+            EXIT_CODE,
+            FINISHED_AT,
+            LOG_PATH,
+            POLICY,
+            ROOTFS,
+            SOURCE,
+            STARTED_AT,
+        )
+
+        client = self.daemon.client
+        container = await client.load_container(cid)
+        labels = dict(container.info.labels)
+        if labels.get("io.containerd-supervisor/managed") != "true":
+            raise NotFound(f"container {cid} is not managed by this daemon")
+        state = RestartState.from_labels(labels)
+        status, pid = "stopped", 0
+        try:
+            task = await client.process_state(cid)
+        except NotFound:
+            task = None
+        if task is not None:
+            pid = task.pid if task.status is not TaskStatus.STOPPED else 0
+            status = {TaskStatus.STOPPED: "exited"}.get(task.status, task.status.value)
+        exit_code = labels.get(EXIT_CODE)
+        return pb.ContainerInfo(
+            id=cid,
+            status=status,
+            pid=pid,
+            restart=labels.get(POLICY, "no"),
+            restart_count=state.restart_count,
+            exit_code=int(exit_code) if exit_code else 0,
+            exited=exit_code is not None,
+            started_at=_ts(labels.get(STARTED_AT)),
+            finished_at=_ts(labels.get(FINISHED_AT)),
+            source=labels.get(SOURCE, "definitions"),
+            command=_json_list(labels.get(COMMAND)),
+            rootfs=labels.get(ROOTFS, ""),
+            labels={
+                k: v for k, v in labels.items() if not k.startswith("io.containerd-supervisor/")
+            },
+            manually_stopped=state.manually_stopped,
+            oom_kills=state.oom_kills,
+            log_path=labels.get(LOG_PATH, ""),
+        )
+
+    def _managed(self, cid: str) -> None:
+        if cid not in self.daemon.definitions:
+            raise NotFound(f"no container {cid!r} (supervisor ps lists them)")
+
+    # -- unary calls ---------------------------------------------------------------
+
+    async def version(self, message: pb.VersionRequest) -> pb.VersionResponse:
+        with _status():
+            v = await self.daemon.client.version()
+        return pb.VersionResponse(
+            version=__version__,
+            containerd_version=v.version,
+            containerd_revision=v.revision,
+            namespace=self.daemon.config.namespace,
+        )
+
+    async def list(self, message: pb.ListRequest) -> pb.ListResponse:
+        infos = []
+        with _status():
+            for cid in sorted(self.daemon.definitions):
+                with contextlib.suppress(NotFound):
+                    info = await self._info(cid)
+                    if message.all or info.status in ("running", "paused", "created"):
+                        infos.append(info)
+        return pb.ListResponse(containers=infos)
+
+    async def inspect(self, message: pb.ContainerRef) -> pb.ContainerInfo:
+        with _status():
+            self._managed(message.id)
+            return await self._info(message.id)
+
+    async def start(self, message: pb.ContainerRef) -> pb.ContainerInfo:
+        with _status():
+            cid = message.id
+            self._managed(cid)
+            container = await self.daemon.client.load_container(cid)
+            await container.update_labels(
+                manual_start(RestartState.from_labels(container.info.labels)).to_labels()
+            )
+            try:
+                state = await self.daemon.client.process_state(cid)
+            except NotFound:
+                state = None
+            if state is not None and state.status is not TaskStatus.STOPPED:
+                raise FailedPrecondition(f"container {cid} is already {state.status.value}")
+            if state is not None:
+                await (await container.task()).delete()
+            await self.daemon._start(container)
+            return await self._info(cid)
+
+    async def stop(self, message: pb.StopRequest) -> pb.ContainerInfo:
+        with _status():
+            self._managed(message.id)
+            grace = message.timeout if message.has_timeout else None
+            await self.daemon.stop_container(message.id, grace=grace)
+            return await self._info(message.id)
+
+    async def kill(self, message: pb.KillRequest) -> pb.ContainerInfo:
+        with _status():
+            cid = message.id
+            self._managed(cid)
+            signum = _signal(message.signal)
+            container = await self.daemon.client.load_container(cid)
+            await container.update_labels(
+                manual_stop(RestartState.from_labels(container.info.labels)).to_labels()
+            )
+            task = await container.task()
+            await task.kill(signum, all=True)
+            return await self._info(cid)
+
+    async def remove(self, message: pb.RemoveRequest) -> pb.RemoveResponse:
+        with _status():
+            cid = message.id
+            self._managed(cid)
+            try:
+                state = await self.daemon.client.process_state(cid)
+            except NotFound:
+                state = None
+            if state is not None and state.status is not TaskStatus.STOPPED and not message.force:
+                raise FailedPrecondition(
+                    f"container {cid} is {state.status.value}; stop it first or use --force"
+                )
+            await self.daemon.remove_container(cid)
+        return pb.RemoveResponse()
+
+    async def pause(self, message: pb.ContainerRef) -> pb.ContainerInfo:
+        with _status():
+            self._managed(message.id)
+            container = await self.daemon.client.load_container(message.id)
+            await (await container.task()).pause()
+            return await self._info(message.id)
+
+    async def resume(self, message: pb.ContainerRef) -> pb.ContainerInfo:
+        with _status():
+            self._managed(message.id)
+            container = await self.daemon.client.load_container(message.id)
+            await (await container.task()).resume()
+            return await self._info(message.id)
+
+    async def stats(self, message: pb.ContainerRef) -> pb.StatsResponse:
+        with _status():
+            self._managed(message.id)
+            container = await self.daemon.client.load_container(message.id)
+            stats = await (await container.task()).metrics()
+            state = RestartState.from_labels(container.info.labels)
+        return pb.StatsResponse(
+            id=message.id,
+            cpu_total_ns=stats.cpu_total_ns,
+            memory_usage=stats.memory_usage,
+            memory_limit=stats.memory_limit or 0,
+            pids_current=stats.pids_current,
+            pids_limit=stats.pids_limit or 0,
+            oom_kills=state.oom_kills,
+        )
+
+    async def apply(self, message: pb.ApplyRequest) -> pb.ApplyResponse:
+        directory = Path(message.directory)
+        if not directory.is_absolute() or not await anyio.Path(directory).is_dir():
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT, f"{directory} is not an absolute directory"
+            )
+        done = await self.daemon.apply(directory)
+        return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
+
+    async def reload(self, message: pb.ReloadRequest) -> pb.ApplyResponse:
+        done = await self.daemon.reload()
+        return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
+
+    # -- streams -------------------------------------------------------------------
+
+    async def logs(self, message: pb.LogsRequest) -> AsyncIterator[pb.LogRecord]:
+        cid = message.id
+        with _status():
+            self._managed(cid)
+        daemon = self.daemon
+        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
+        if message.follow:
+            daemon.output_listeners.setdefault(cid, set()).add(send)
+        path = daemon.config.log_dir / f"{cid}.log"
+        tail = message.tail if message.has_tail else None
+        records = await anyio.to_thread.run_sync(lambda: read_records(path, tail=tail))
+        since = message.since
+        last: datetime | None = None
+        for record in records:
+            when = _ts(record.get("time", "").replace("Z", "+00:00"))
+            if since is not None and when is not None and when < since:
+                continue
+            last = when
+            yield pb.LogRecord(
+                time=when,
+                stream=record.get("stream", ""),
+                line=record.get("log", "").encode(),
+                partial=bool(record.get("partial")),
+            )
+        if not message.follow:
+            return
+        with receive:
+            async for when, stream, chunk in receive:
+                if last is not None and when <= last:
+                    continue  # already in the file we just read
+                yield pb.LogRecord(time=when, stream=stream, line=chunk)
+
+    async def events(self, message: pb.EventsRequest) -> AsyncIterator[pb.Event]:
+        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
+        self.daemon.event_listeners.add(send)
+        with receive:
+            async for cid, event_type, event in receive:
+                code = getattr(event, "exit_status", None)
+                yield pb.Event(
+                    time=event.timestamp or datetime.now(UTC),
+                    container_id=cid,
+                    type=event_type.value,
+                    exec_id=getattr(event, "exec_id", None) or "",
+                    pid=getattr(event, "pid", 0),
+                    exit_code=code or 0,
+                    has_exit_code=code is not None,
+                )
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        mapping["/supervisor.v1.Control/Run"] = grpclib.const.Handler(
+            self._run, grpclib.const.Cardinality.STREAM_STREAM, pb.RunInput, pb.RunOutput
+        )
+        mapping["/supervisor.v1.Control/Exec"] = grpclib.const.Handler(
+            self._exec, grpclib.const.Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput
+        )
+        return mapping
+
+    async def _run(self, stream: grpclib.server.Stream[pb.RunInput, pb.RunOutput]) -> None:
+        first = await stream.recv_message()
+        if first is None or first.request is None or first.request.definition is None:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first input is the request")
+        request = first.request
+        with _status():
+            definition = _definition(request.definition)
+            if definition.id in self.daemon.definitions:
+                raise SupervisorError(f"container {definition.id} already exists")
+            listeners: set[Any] = set()
+            send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
+            if request.attach:
+                listeners.add(send)
+                self.daemon.output_listeners[definition.id] = listeners
+            exited = self.daemon.exit_waiter(definition.id)
+            io = await self.daemon.run_container(
+                definition, remove=request.remove, stdin=request.definition.stdin
+            )
+        await stream.send_message(pb.RunOutput(started=await self._info(definition.id)))
+        if not request.attach:
+            return
+        await self._attach(stream, io, receive, exited, definition.id)
+
+    async def _attach(
+        self,
+        stream: Any,
+        io: FifoIO | None,
+        receive: Any,
+        exited: anyio.Event,
+        cid: str,
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._forward_input, stream, io, cid, None)
+            with receive:
+                async for _when, name, chunk in receive:
+                    out = (
+                        pb.RunOutput(stdout=chunk)
+                        if name == "stdout"
+                        else pb.RunOutput(stderr=chunk)
+                    )
+                    await stream.send_message(out)
+            with anyio.fail_after(60):
+                await exited.wait()
+            await stream.send_message(pb.RunOutput(exit_code=self.daemon.last_exit.get(cid, 255)))
+            tg.cancel_scope.cancel()
+
+    async def _forward_input(self, stream: Any, io: FifoIO | None, cid: str, proc: Any) -> None:
+        async for item in stream:
+            if item.stdin is not None and io is not None and io.stdin_writer is not None:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await io.stdin_writer.send(item.stdin)
+            elif item.close_stdin:
+                target = proc if proc is not None else self.daemon._tasks.get(cid)
+                if target is not None:
+                    with contextlib.suppress(SupervisorError):
+                        await target.close_stdin()
+            elif item.resize is not None:
+                target = proc if proc is not None else self.daemon._tasks.get(cid)
+                if target is not None:
+                    with contextlib.suppress(SupervisorError):
+                        await target.resize(item.resize.width, item.resize.height)
+
+    async def _exec(self, stream: grpclib.server.Stream[pb.ExecInput, pb.ExecOutput]) -> None:
+        first = await stream.recv_message()
+        if first is None or first.start is None:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first input is the start")
+        start = first.start
+        with _status():
+            self._managed(start.id)
+            container = await self.daemon.client.load_container(start.id)
+            task = await container.task()
+            io = self.daemon.client.new_fifo_io(
+                f"{start.id}-exec", stdin=start.stdin, terminal=start.terminal
+            )
+            exec_id = f"exec-{os.urandom(4).hex()}"
+            process: Any = list(start.command)
+            if start.env or start.user or start.cwd:
+                base = dict(container.info.spec.get("process") or {})
+                base["args"] = list(start.command)
+                if start.env:
+                    base["env"] = [
+                        *base.get("env", []),
+                        *(f"{k}={v}" for k, v in start.env.items()),
+                    ]
+                if start.cwd:
+                    base["cwd"] = start.cwd
+                process = base
+            proc = await task.exec(exec_id, process, io)
+            try:
+                await proc.start()
+                if start.terminal and start.size is not None and start.size.width:
+                    await proc.resize(start.size.width, start.size.height)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._forward_input, stream, io, start.id, proc)
+                    async with anyio.create_task_group() as outputs:
+                        for name, reader in (
+                            ("stdout", io.stdout_reader),
+                            ("stderr", io.stderr_reader),
+                        ):
+                            if reader is not None:
+                                outputs.start_soon(_send_output, stream, name, reader)
+                    status = await proc.wait()
+                    await stream.send_message(pb.ExecOutput(exit_code=status.code))
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                    await proc.delete()
+
+
+async def _send_output(stream: Any, name: str, reader: Any) -> None:
+    async for chunk in reader:
+        out = pb.ExecOutput(stdout=chunk) if name == "stdout" else pb.ExecOutput(stderr=chunk)
+        await stream.send_message(out)
+
+
+def _json_list(text: str | None) -> list[str]:
+    import json
+
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _definition(d: pb.Definition) -> ContainerDefinition:
+    if not d.rootfs:
+        raise InvalidArgument("a rootfs directory is needed (--rootfs)")
+    if not d.command:
+        raise InvalidArgument("a command is needed")
+    return ContainerDefinition(
+        id=d.id,
+        rootfs=Path(d.rootfs),
+        command=tuple(d.command),
+        env=dict(d.env),
+        user=d.user or "0:0",
+        cwd=d.cwd or "/",
+        restart=RestartPolicy.parse(d.restart or "no"),
+        stop_signal=_signal(d.stop_signal or "SIGTERM"),
+        stop_timeout=d.stop_timeout or 10.0,
+        memory=d.memory or None,
+        cpus=d.cpus or None,
+        pids=d.pids or None,
+        mounts=tuple(
+            Mount(m.source, m.destination, options=("rbind", "ro" if m.readonly else "rw"))
+            for m in d.mounts
+        ),
+        labels=dict(d.labels),
+        terminal=d.terminal,
+        source=Path("<api>"),
+    )
+
+
+async def serve(daemon: Daemon, path: Path, group: str | None) -> grpclib.server.Server:
+    """Start the control server on ``path`` (0660, root:group); peers are checked."""
+    gid = grp.getgrnam(group).gr_gid if group else None
+    server = grpclib.server.Server([ControlService(daemon)])
+
+    async def check_peer(event: RecvRequest) -> None:
+        uid, gids = _peer(event)
+        if uid == 0 or (gid is not None and gid in gids):
+            return
+
+        async def refuse(stream: Any) -> None:
+            raise GRPCError(
+                grpclib.const.Status.PERMISSION_DENIED,
+                "permission denied: the control socket is for root"
+                + (f" and group {group}" if group else ""),
+            )
+
+        event.method_func = refuse
+
+    listen(server, RecvRequest, check_peer)
+    _clear_socket(path)
+    old = os.umask(0o117)
+    try:
+        await server.start(path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o660)
+    if gid is not None:
+        os.chown(path, 0, gid)
+    return server
+
+
+def _clear_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _peer(event: RecvRequest) -> tuple[int, set[int]]:
+    sock = event.peer._transport.get_extra_info("socket")
+    if sock is None:
+        return -1, set()
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    groups = {gid}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                groups |= {int(g) for g in line.split()[1:]}
+    return uid, groups
