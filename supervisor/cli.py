@@ -1,4 +1,4 @@
-"""The ``supervisor`` command line."""
+"""The ``supervisor`` command line: docker-like verbs over the daemon's control socket."""
 
 from __future__ import annotations
 
@@ -8,36 +8,124 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 
 from . import __version__
 from .errors import SupervisorError
 
+DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr, exit code 2 (argparse's usual code)."""
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="supervisor", description="An asyncio container supervisor for containerd."
+    parser = _Parser(
+        prog="supervisor",
+        description="An asyncio container supervisor for containerd. Most commands talk to "
+        "the daemon (`supervisor daemon`) over its control socket.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="run a container through the library (starts its own containerd)",
-        description="Start a private containerd in a temporary directory, run a busybox "
-        "container through the library (stdio, exec, metrics, kill), clean up.",
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("SUPERVISOR_SOCKET", DEFAULT_SOCKET),
+        help=f"the daemon's control socket (env SUPERVISOR_SOCKET; default {DEFAULT_SOCKET})",
     )
-    demo.add_argument(
-        "--address", help="use this containerd socket instead of starting a private one"
-    )
-    daemon = commands.add_parser(
-        "daemon",
-        help="run the supervisor service",
-        description="Run the containers defined in the definitions directory under their "
-        "restart policies, with a managed containerd unless one is configured. SIGHUP "
-        "reloads the definitions; SIGTERM stops the daemon and leaves containers running.",
-    )
-    daemon.add_argument("--config", type=Path, help="TOML configuration file (default: none)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)  # fmt: skip
+
+    def cmd(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help)
+
+    p = cmd("run", "create and start a container", "Create a container from a rootfs and "
+            "start it; without -d, stream its output and exit with its exit code.")  # fmt: skip
+    p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--restart", default="no", help="no | always | on-failure[:N] | unless-stopped")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment")
+    p.add_argument("--memory", help="memory limit (e.g. 64m)")
+    p.add_argument("--cpus", type=float, help="CPU limit (e.g. 0.5)")
+    p.add_argument("--pids", type=int, help="process limit")
+    p.add_argument("-u", "--user", default="", help="uid[:gid] or names from the rootfs")
+    p.add_argument("-w", "--workdir", default="", help="working directory")
+    p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("--rootfs", required=True, help="the container's root directory")
+    p.add_argument("--stop-signal", default="SIGTERM")
+    p.add_argument("--stop-timeout", type=float, default=10.0)
+    p.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    p.add_argument("id")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+    p = cmd("ps", "list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    p.add_argument("--json", action="store_true", help="one JSON array")
+
+    p = cmd("inspect", "show containers as JSON")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = cmd("logs", "show a container's output (its JSON-lines log)")
+    p.add_argument("-f", "--follow", action="store_true", help="go on until the container exits")
+    p.add_argument("--tail", type=int, help="only the last N lines")
+    p.add_argument("--since", help="only lines after this time (RFC 3339, or 10s, 5m, 2h ago)")
+    p.add_argument("-t", "--timestamps", action="store_true", help="show each line's time")
+    p.add_argument("id")
+
+    p = cmd("exec", "run a command in a running container")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
+    p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    p.add_argument("-u", "--user", default="")
+    p.add_argument("-w", "--workdir", default="")
+    p.add_argument("id")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = cmd("stop", "stop containers (their stop signal, then SIGKILL after the timeout)")
+    p.add_argument("-t", "--time", type=float, help="seconds before SIGKILL")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = cmd("start", "start stopped containers again")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = cmd("kill", "send a signal to every process of containers")
+    p.add_argument("-s", "--signal", default="SIGKILL")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = cmd("rm", "remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="stop running ones first")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    for name, text in (("pause", "freeze containers"), ("unpause", "thaw paused containers")):
+        cmd(name, text).add_argument("ids", nargs="+", metavar="ID")
+
+    p = cmd("stats", "resource usage of containers")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--json", action="store_true")
+
+    p = cmd("events", "stream the daemon's container events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = cmd("apply", "create or replace the containers of a definitions directory")
+    p.add_argument("directory")
+
+    cmd("reload", "apply the daemon's definitions directory again (as SIGHUP does)")
+    cmd("version", "versions of this client, the daemon and containerd")
+
+    p = cmd("daemon", "run the supervisor service", "Run the containers defined in the "
+            "definitions directory under their restart policies, with a managed containerd "
+            "unless one is configured. SIGHUP reloads the definitions; SIGTERM stops the "
+            "daemon and leaves containers running.")  # fmt: skip
+    p.add_argument("--config", type=Path, help="TOML configuration file (default: none)")
+
+    p = cmd("demo", "run a container through the library (starts its own containerd)",
+            "Start a private containerd in a temporary directory, run a busybox container "
+            "through the library (stdio, exec, metrics, kill), clean up.")  # fmt: skip
+    p.add_argument("--address", help="use this containerd socket instead of a private one")
     return parser
 
 
@@ -73,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(args.address)
+        from ._commands import run_command
+
+        return anyio.run(run_command, args)
     except (SupervisorError, FileNotFoundError) as exc:
         print(f"supervisor {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -81,4 +172,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2

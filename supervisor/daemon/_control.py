@@ -40,6 +40,8 @@ log = logging.getLogger("supervisor.control")
 
 #: Buffered records per `logs -f` or `events` client before it is dropped.
 LISTENER_BUFFER = 4096
+#: How long an attached call waits for its client to close after the exit code.
+CLIENT_CLOSE_TIMEOUT = 5.0
 
 
 @contextlib.contextmanager
@@ -345,22 +347,30 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         exited: anyio.Event,
         cid: str,
     ) -> None:
+        inputs_done = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._forward_input, stream, io, cid, None)
+            tg.start_soon(self._forward_input, stream, io, cid, None, inputs_done)
             with receive:
                 async for _when, name, chunk in receive:
-                    out = (
-                        pb.RunOutput(stdout=chunk)
-                        if name == "stdout"
-                        else pb.RunOutput(stderr=chunk)
-                    )
-                    await stream.send_message(out)
+                    if name == "stdout":
+                        await stream.send_message(pb.RunOutput(stdout=chunk))
+                    else:
+                        await stream.send_message(pb.RunOutput(stderr=chunk))
             with anyio.fail_after(60):
                 await exited.wait()
             await stream.send_message(pb.RunOutput(exit_code=self.daemon.last_exit.get(cid, 255)))
+            await _client_done(inputs_done)
             tg.cancel_scope.cancel()
 
-    async def _forward_input(self, stream: Any, io: FifoIO | None, cid: str, proc: Any) -> None:
+    async def _forward_input(
+        self, stream: Any, io: FifoIO | None, cid: str, proc: Any, done: anyio.Event
+    ) -> None:
+        try:
+            await self._forward(stream, io, cid, proc)
+        finally:
+            done.set()
+
+    async def _forward(self, stream: Any, io: FifoIO | None, cid: str, proc: Any) -> None:
         async for item in stream:
             if item.stdin is not None and io is not None and io.stdin_writer is not None:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -389,25 +399,23 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 f"{start.id}-exec", stdin=start.stdin, terminal=start.terminal
             )
             exec_id = f"exec-{os.urandom(4).hex()}"
-            process: Any = list(start.command)
-            if start.env or start.user or start.cwd:
-                base = dict(container.info.spec.get("process") or {})
-                base["args"] = list(start.command)
-                if start.env:
-                    base["env"] = [
-                        *base.get("env", []),
-                        *(f"{k}={v}" for k, v in start.env.items()),
-                    ]
-                if start.cwd:
-                    base["cwd"] = start.cwd
-                process = base
+            process = dict(container.info.spec.get("process") or {})
+            process["args"] = list(start.command)
+            process["terminal"] = start.terminal
+            if start.env:
+                extra = [f"{k}={v}" for k, v in start.env.items()]
+                process["env"] = [*process.get("env", []), *extra]
+            if start.cwd:
+                process["cwd"] = start.cwd
+            if start.terminal and start.size is not None and start.size.width:
+                # The first size is in place before the process runs.
+                process["consoleSize"] = {"height": start.size.height, "width": start.size.width}
             proc = await task.exec(exec_id, process, io)
             try:
                 await proc.start()
-                if start.terminal and start.size is not None and start.size.width:
-                    await proc.resize(start.size.width, start.size.height)
+                inputs_done = anyio.Event()
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._forward_input, stream, io, start.id, proc)
+                    tg.start_soon(self._forward_input, stream, io, start.id, proc, inputs_done)
                     async with anyio.create_task_group() as outputs:
                         for name, reader in (
                             ("stdout", io.stdout_reader),
@@ -417,10 +425,18 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                                 outputs.start_soon(_send_output, stream, name, reader)
                     status = await proc.wait()
                     await stream.send_message(pb.ExecOutput(exit_code=status.code))
+                    await _client_done(inputs_done)
                     tg.cancel_scope.cancel()
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
                     await proc.delete()
+
+
+async def _client_done(inputs_done: anyio.Event) -> None:
+    """Give the client a moment to half-close after the exit code: ending the
+    call before that makes grpclib reset the stream under the last message."""
+    with anyio.move_on_after(CLIENT_CLOSE_TIMEOUT):
+        await inputs_done.wait()
 
 
 async def _send_output(stream: Any, name: str, reader: Any) -> None:

@@ -166,6 +166,8 @@ class Daemon:
                 self._stopping = True
                 self.notifier.stopping()
                 server.close()
+                with contextlib.suppress(OSError):
+                    config.control_socket.unlink()
                 self.notifier.status("stopping")
                 if config.stop_containers_on_exit:
                     with anyio.move_on_after(OPERATION_TIMEOUT * 2):
@@ -415,6 +417,9 @@ class Daemon:
                     self.last_exit[cid] = code
                     for waiter in self._exits.pop(cid, []):
                         waiter.set()
+                    if not remove:
+                        finished = datetime.now(UTC).isoformat()
+                        await container.update_labels({EXIT_CODE: str(code), FINISHED_AT: finished})
                 if remove:
                     await container.delete()
                     journal = self._logs.pop(cid, None)
