@@ -173,7 +173,8 @@ class ManagedContainerd:
                 while failures < HEALTH_FAILURES:
                     await anyio.sleep(HEALTH_INTERVAL)
                     if self.pid is None or not _alive(self.pid):
-                        log.warning("containerd (pid %s) is gone", self.pid)
+                        if self.pid is not None:
+                            log.warning("containerd (pid %s) is gone", self.pid)
                         break
                     if await client.is_serving():
                         failures = 0
@@ -208,6 +209,9 @@ class ManagedContainerd:
             with anyio.move_on_after(STOP_TIMEOUT):
                 await self._child.wait()
             self._child = None
+        # Never keep a dead pid: it may be reused by an unrelated process.
+        if self.pid is not None and not _alive(self.pid):
+            self.pid = None
 
     # -- stop --------------------------------------------------------------------
 

@@ -115,6 +115,7 @@ class Daemon:
         self._exits: dict[str, list[anyio.Event]] = {}
         self.last_exit: dict[str, int] = {}
         self._busy: set[str] = set()  # ids being stopped or replaced by us
+        self._locks: dict[str, anyio.Lock] = {}  # one container's changes, one at a time
         self._stopping = False
         self.load_errors: list[str] = []
         self._restored = anyio.Event()
@@ -130,6 +131,20 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------
 
     async def run(self) -> None:
+        """Run until SIGTERM or SIGINT (signals that arrive while starting wait
+        their turn); SIGHUP reloads the definitions."""
+        with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            try:
+                await self._run(signals)
+            finally:
+                self._stopping = True
+                for journal in self._logs.values():
+                    journal.close()
+                if self.managed is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.managed.stop()
+
+    async def _run(self, signals: Any) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -142,55 +157,47 @@ class Daemon:
             )
             await self.managed.start()
             address = self.managed.address
-        try:
-            async with (
-                Supervisor(self, address, config.namespace, fifo_dir=str(config.fifo_dir)) as sup,
-                anyio.create_task_group() as tg,
-            ):
-                self._sup, self._tg = sup, tg
-                if self.managed is not None:
-                    tg.start_soon(self.managed.watch)
-                await self._restore()
-                server = await serve(self, config.control_socket, config.control_group)
-                running = len(self._tasks)
-                log.info(
-                    "ready in %.2fs: %d definitions, %d containers running",
-                    time.monotonic() - started,
-                    len(self.definitions),
-                    running,
-                )
-                self.notifier.ready(f"{running} containers running")
-                if self.watchdog_interval is not None:
-                    tg.start_soon(self._watchdog, self.watchdog_interval)
-                await self._serve_signals()
-                self._stopping = True
-                self.notifier.stopping()
-                server.close()
-                with contextlib.suppress(OSError):
-                    config.control_socket.unlink()
-                self.notifier.status("stopping")
-                if config.stop_containers_on_exit:
-                    with anyio.move_on_after(OPERATION_TIMEOUT * 2):
-                        for cid in list(self.definitions):
-                            await self._stop(cid, remove=False)
-                tg.cancel_scope.cancel()
-        finally:
-            for journal in self._logs.values():
-                journal.close()
+        async with (
+            Supervisor(self, address, config.namespace, fifo_dir=str(config.fifo_dir)) as sup,
+            anyio.create_task_group() as tg,
+        ):
+            self._sup, self._tg = sup, tg
             if self.managed is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.managed.stop()
+                tg.start_soon(self.managed.watch)
+            await self._restore()
+            server = await serve(self, config.control_socket, config.control_group)
+            running = len(self._tasks)
+            log.info(
+                "ready in %.2fs: %d definitions, %d containers running",
+                time.monotonic() - started,
+                len(self.definitions),
+                running,
+            )
+            self.notifier.ready(f"{running} containers running")
+            if self.watchdog_interval is not None:
+                tg.start_soon(self._watchdog, self.watchdog_interval)
+            await self._serve_signals(signals)
+            self._stopping = True
+            self.notifier.stopping()
+            server.close()
+            with contextlib.suppress(OSError):
+                config.control_socket.unlink()
+            self.notifier.status("stopping")
+            if config.stop_containers_on_exit:
+                with anyio.move_on_after(OPERATION_TIMEOUT * 2):
+                    for cid in list(self.definitions):
+                        await self._stop(cid, remove=False, manual=False)
+            tg.cancel_scope.cancel()
 
-    async def _serve_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.notifier.reloading()
-                    await self.reload()
-                    self.notifier.ready(f"{len(self._tasks)} containers running")
-                else:
-                    log.info("received %s; shutting down", signal.Signals(signum).name)
-                    return
+    async def _serve_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.notifier.reloading()
+                await self.reload()
+                self.notifier.ready(f"{len(self._tasks)} containers running")
+            else:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                return
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -214,8 +221,11 @@ class Daemon:
         for cid, info in existing.items():
             definition = wanted.get(cid)
             if definition is None and info.labels.get(SOURCE) == "api":
-                self.definitions[cid] = definition_from_labels(info)
-                await self._adopt(await self.client.load_container(cid), self.definitions[cid])
+                try:
+                    self.definitions[cid] = definition_from_labels(info)
+                    await self._adopt(await self.client.load_container(cid), self.definitions[cid])
+                except (SupervisorError, OSError, ValueError) as exc:
+                    log.error("cannot adopt %s: %s", cid, exc)
                 continue
             if definition is None:
                 log.info("container %s has no definition any more: removing it", cid)
@@ -226,7 +236,10 @@ class Daemon:
                 await self._create_and_start(definition)
             else:
                 self.definitions[cid] = definition
-                await self._adopt(await self.client.load_container(cid), definition)
+                try:
+                    await self._adopt(await self.client.load_container(cid), definition)
+                except (SupervisorError, OSError, ValueError) as exc:
+                    log.error("cannot adopt %s: %s", cid, exc)
         for cid, definition in wanted.items():
             if cid not in existing:
                 await self._create_and_start(definition)
@@ -307,11 +320,12 @@ class Daemon:
     async def _create_and_start(self, definition: ContainerDefinition) -> bool:
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
-                container = await self.client.create_container(
-                    definition.id, definition.spec(), labels=self._labels(definition)
-                )
-                self.definitions[definition.id] = definition
-                await self._start(container)
+                async with self._lock(definition.id):
+                    container = await self.client.create_container(
+                        definition.id, definition.spec(), labels=self._labels(definition)
+                    )
+                    self.definitions[definition.id] = definition
+                    await self._start(container)
         except (SupervisorError, TimeoutError) as exc:
             log.error("cannot run %s (%s): %s", definition.id, definition.source, exc)
             self.load_errors.append(f"{definition.source}: {exc}")
@@ -392,43 +406,53 @@ class Daemon:
     async def remove_container(self, cid: str) -> None:
         """Stop (if running) and delete a container, and forget it."""
         await self._stop(cid, remove=True)
-        self.forget(cid)
 
-    async def _stop(self, cid: str, *, remove: bool, grace: float | None = None) -> None:
+    def _lock(self, cid: str) -> anyio.Lock:
+        lock = self._locks.get(cid)
+        if lock is None:
+            lock = self._locks[cid] = anyio.Lock()
+        return lock
+
+    async def _stop(
+        self, cid: str, *, remove: bool, grace: float | None = None, manual: bool = True
+    ) -> None:
         """Stop a container on our own account (signal, timeout, SIGKILL);
-        with ``remove``, delete it too."""
+        with ``remove``, delete it too. ``manual``: the policy must not undo it."""
         self._busy.add(cid)
         try:
             with anyio.fail_after(OPERATION_TIMEOUT * 3):
-                try:
-                    container = await self.client.load_container(cid)
-                except NotFound:
-                    return
-                labels = container.info.labels
-                await container.update_labels(
-                    manual_stop(RestartState.from_labels(labels)).to_labels()
-                )
-                task = self._tasks.pop(cid, None)
-                if task is None:
-                    with contextlib.suppress(NotFound):
-                        task = await container.task()
-                if task is not None:
-                    code = await _stop_task(task, labels, grace)
-                    self.last_exit[cid] = code
-                    for waiter in self._exits.pop(cid, []):
-                        waiter.set()
-                    if not remove:
-                        finished = datetime.now(UTC).isoformat()
-                        await container.update_labels({EXIT_CODE: str(code), FINISHED_AT: finished})
-                if remove:
-                    await container.delete()
-                    journal = self._logs.pop(cid, None)
-                    if journal is not None:
-                        journal.close()
+                async with self._lock(cid):
+                    await self._stop_locked(cid, remove=remove, grace=grace, manual=manual)
         except (SupervisorError, TimeoutError) as exc:
             log.error("cannot stop %s: %s", cid, exc)
         finally:
             self._busy.discard(cid)
+
+    async def _stop_locked(
+        self, cid: str, *, remove: bool, grace: float | None, manual: bool
+    ) -> None:
+        try:
+            container = await self.client.load_container(cid)
+        except NotFound:
+            return
+        labels = container.info.labels
+        if manual:
+            await container.update_labels(manual_stop(RestartState.from_labels(labels)).to_labels())
+        task = self._tasks.pop(cid, None)
+        if task is None:
+            with contextlib.suppress(NotFound):
+                task = await container.task()
+        if task is not None:
+            code = await _stop_task(task, labels, grace)
+            self.last_exit[cid] = code
+            for waiter in self._exits.pop(cid, []):
+                waiter.set()
+            if not remove:
+                finished = datetime.now(UTC).isoformat()
+                await container.update_labels({EXIT_CODE: str(code), FINISHED_AT: finished})
+        if remove:
+            await container.delete()
+            self.forget(cid)
 
     # -- the backend -------------------------------------------------------------
 
@@ -469,8 +493,28 @@ class Daemon:
         log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
         if decision.restart:
             await anyio.sleep(decision.delay)
+        async with self._lock(cid):
             if self._stopping or cid in self._busy or cid not in self.definitions:
                 return
+            await self._after_exit(container, event, decision, current, ended)
+
+    async def _after_exit(
+        self, container: Container, event: TaskExit, decision: Any, current: Task | None,
+        ended: float,
+    ) -> None:  # fmt: skip
+        cid = container.id
+        # Whatever happened during the backoff (a stop, a replace, an operator's
+        # start) wins: act only if the stopped task is still this container's.
+        try:
+            await container.refresh()
+            now = await self.client.process_state(cid)
+        except NotFound:
+            return
+        if now.pid != event.pid:
+            return
+        state_now = RestartState.from_labels(container.info.labels)
+        if decision.restart and state_now.manually_stopped:
+            decision = decide(RestartPolicy.parse("no"), state_now, event.exit_status, 0.0)
         drained = self._drained.pop(cid, None)
         if drained is not None:
             with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
@@ -490,13 +534,10 @@ class Daemon:
         for waiter in self._exits.pop(cid, []):
             waiter.set()
         if not decision.restart:
-            if labels.get(REMOVE_ON_EXIT) == "true":
+            if container.info.labels.get(REMOVE_ON_EXIT) == "true":
                 with contextlib.suppress(NotFound):
                     await container.delete()
                 self.forget(cid)
-            return
-        await container.refresh()
-        if RestartState.from_labels(container.info.labels).manually_stopped:
             return
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
@@ -544,11 +585,19 @@ async def _copy_logs(
     listeners: set[Listener],
     drained: anyio.Event,
 ) -> None:
+    failed = False
+
     async def copy(stream: str, reader: FifoReader) -> None:
+        nonlocal failed
         with contextlib.suppress(anyio.ClosedResourceError):
             async for chunk in reader:
                 when = datetime.now(UTC)
-                await anyio.to_thread.run_sync(journal.write, stream, chunk, when)
+                try:
+                    await anyio.to_thread.run_sync(journal.write, stream, chunk, when)
+                except OSError as exc:  # a full disk must not take the daemon down
+                    if not failed:
+                        failed = True
+                        log.error("cannot write %s: %s", journal.path, exc)
                 publish(listeners, (when, stream, chunk))
 
     try:
@@ -556,6 +605,8 @@ async def _copy_logs(
             for stream, reader in readers:
                 tg.start_soon(copy, stream, reader)
     finally:
+        with contextlib.suppress(OSError):
+            await anyio.to_thread.run_sync(journal.flush_partial)
         drained.set()
         for listener in list(listeners):  # followers end with the output
             listener.close()

@@ -59,6 +59,13 @@ class ExitLedger:
         seen[key] = self._seq
         return True
 
+    def discard(self, container_id: str, exec_id: str | None, pid: int) -> None:
+        """Forget one exit again (it was recorded but could not be queued), or
+        the exit of an earlier process whose pid a new one now has."""
+        seen = self._seen.get(container_id)
+        if seen is not None:
+            seen.pop((exec_id, pid), None)
+
     def delivered(self, container_id: str, exec_id: str | None, pid: int) -> bool:
         seen = self._seen.get(container_id)
         return seen is not None and (exec_id, pid) in seen
@@ -137,7 +144,7 @@ def reconcile(
                     reconciled=True,
                 )
             )
-        elif task.status is not TaskStatus.UNKNOWN:
+        elif task.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING):
             alive[(task.container_id, None)] = task.pid
     for (container_id, exec_id), pid in known.items():
         if exec_id is None:

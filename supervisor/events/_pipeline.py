@@ -175,7 +175,9 @@ class EventPipeline:
     async def _read_forever(self, task_status: TaskStatus[None]) -> None:
         first = True
         said_waiting = False
+        retry = RECONNECT_DELAY_MIN
         while True:
+            began = time.monotonic()
             try:
                 await self._subscribe(first, task_status)
                 reason = "containerd ended the stream"
@@ -192,6 +194,13 @@ class EventPipeline:
                 said_waiting = True
                 log.warning("no event stream yet (%s); waiting for containerd", reason)
             await self._wait_serving()
+            # A stream that fails at once while containerd serves (a reset, a
+            # failing reconcile) is retried with a backoff, not in a tight loop.
+            if time.monotonic() - began < RECONNECT_DELAY_MAX:
+                await anyio.sleep(retry)
+                retry = min(retry * 2, RECONNECT_DELAY_MAX)
+            else:
+                retry = RECONNECT_DELAY_MIN
 
     async def _wait_serving(self) -> None:
         delay = RECONNECT_DELAY_MIN
@@ -311,15 +320,27 @@ class EventPipeline:
         elif event_type is EventType.START:
             assert isinstance(event, TaskStart)
             self._known.started(cid, None, event.pid)
+            self._ledger.discard(cid, None, event.pid)  # a reused pid is a new process
         elif event_type is EventType.EXEC_STARTED:
             assert isinstance(event, TaskExecStarted)
             self._known.started(cid, event.exec_id, event.pid)
+            self._ledger.discard(cid, event.exec_id, event.pid)
         elif event_type is EventType.DELETE:
             return False
         assert self._queues is not None
         return self._queues.put_nowait(cid, event_type, event)
 
     async def _route_slowly(self, event_type: EventType, event: Event) -> None:
+        try:
+            await self._route_slowly_inner(event_type, event)
+        except BaseException:
+            # Cancelled while waiting for room (the stream is being dropped):
+            # the exit was recorded but not queued, so let a copy through later.
+            if isinstance(event, TaskExit):
+                self._ledger.discard(event.container_id, event.exec_id, event.pid)
+            raise
+
+    async def _route_slowly_inner(self, event_type: EventType, event: Event) -> None:
         assert self._queues is not None
         cid = event.container_id
         if isinstance(event, TaskDelete) and event.exec_id is None:

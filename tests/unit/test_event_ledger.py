@@ -225,12 +225,12 @@ def test_reconcile_running_tasks_and_execs_are_alive() -> None:
     tasks = [
         state("c1", 10, TaskStatus.RUNNING),
         state("c2", 20, TaskStatus.PAUSED),  # not known before: alive too
-        state("c3", 30, TaskStatus.CREATED),
+        state("c3", 30, TaskStatus.CREATED),  # never started: nothing that can exit yet
     ]
     execs = {("c1", "e1"): state("c1", 11, TaskStatus.RUNNING, "e1")}
     exits, alive = reconcile(known, tasks, execs)
     assert exits == []
-    assert alive == {("c1", None): 10, ("c1", "e1"): 11, ("c2", None): 20, ("c3", None): 30}
+    assert alive == {("c1", None): 10, ("c1", "e1"): 11, ("c2", None): 20}
 
 
 def test_reconcile_mixed() -> None:
