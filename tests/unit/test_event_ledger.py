@@ -253,3 +253,13 @@ def test_reconcile_mixed() -> None:
         TaskExit("c", None, 4, 255, None, reconciled=True),
     ]
     assert alive == {("a", None): 1, ("d", None): 5}
+
+
+def test_discard_lets_the_same_exit_through_again() -> None:
+    ledger = ExitLedger()
+    assert ledger.first("c1", None, 7)
+    ledger.discard("c1", None, 7)  # recorded but never queued (the reader was cancelled)
+    assert ledger.first("c1", None, 7)
+    assert not ledger.first("c1", None, 7)
+    ledger.discard("nope", "e", 1)  # unknown keys are ignored
+    assert len(ledger) == 1
