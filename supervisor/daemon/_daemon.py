@@ -251,14 +251,13 @@ class Daemon:
         try:
             state = await self.client.process_state(cid)
         except NotFound:
-            labels = container.info.labels
-            if restart_on_daemon_start(_policy(labels), RestartState.from_labels(labels)):
-                log.info("container %s was stopped; its policy starts it again", cid)
-                try:
-                    with anyio.fail_after(OPERATION_TIMEOUT):
-                        await self._start(container)
-                except (SupervisorError, TimeoutError) as exc:
-                    log.error("cannot start %s: %s", cid, exc)
+            state = None
+        if state is not None and state.status is TaskStatus.CREATED:
+            # Created but never started: a daemon died between the two.
+            await (await container.task()).force_delete()
+            state = None
+        if state is None:
+            await self._adopt_without_task(container)
             return
         if state.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING):
             io = FifoIO.attach(state.stdout, state.stderr) if state.stdout else None
@@ -268,6 +267,34 @@ class Daemon:
                 self._pump(cid, io)
             log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
         # A stopped task: the pipeline reported its exit; _on_exit applies the policy.
+
+    async def _adopt_without_task(self, container: Container) -> None:
+        cid = container.id
+        labels = container.info.labels
+        state = RestartState.from_labels(labels)
+        policy = _policy(labels)
+        started = _ts(labels.get(STARTED_AT))
+        finished = _ts(labels.get(FINISHED_AT))
+        if started is not None and (finished is None or finished < started):
+            # It was running when a daemon died before recording its end (or
+            # before starting its replacement): an exit with unknown status, as
+            # Docker counts it, and the policy decides.
+            decision = decide(policy, state, 255, 0.0)
+            await container.update_labels(
+                {**decision.state.to_labels(), EXIT_CODE: "255",
+                 FINISHED_AT: datetime.now(UTC).isoformat()}
+            )  # fmt: skip
+            log.info("container %s ended while no daemon watched: %s", cid, decision.reason)
+            restart = decision.restart
+        else:
+            restart = restart_on_daemon_start(policy, state)
+        if restart:
+            log.info("container %s was stopped; its policy starts it again", cid)
+            try:
+                with anyio.fail_after(OPERATION_TIMEOUT):
+                    await self._start(container)
+            except (SupervisorError, TimeoutError) as exc:
+                log.error("cannot start %s: %s", cid, exc)
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
@@ -544,6 +571,20 @@ class Daemon:
                 await self._start(container)
         except (SupervisorError, TimeoutError) as exc:
             log.error("cannot restart %s: %s", cid, exc)
+
+
+def _ts(text: str | None) -> float | None:
+    """A start or finish time from our labels (epoch seconds or ISO 8601)."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 def publish(listeners: set[Listener], item: object) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import Client
+from supervisor.testing import start_containerd
 
 from .daemon_harness import PREFIX, DaemonDirs, dirs, labels, pid_of, until
 
@@ -205,3 +206,38 @@ def test_bad_config_is_refused_with_file_and_key(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert str(config) in lines[0] and "logs.max_files" in lines[0]
     assert not state.exists()
+
+
+async def test_task_gone_while_down_is_an_unknown_exit(dirs: DaemonDirs) -> None:
+    """A container whose task vanished while no daemon watched (deleted by hand,
+    or a daemon killed between deleting it and recording the exit) counts as an
+    exit with status 255, and its policy decides."""
+    dirs.define("flaky", ["sleep", "1000"], restart="on-failure")
+    dirs.define("calm", ["sleep", "1000"], restart="no")
+    first = dirs.start()
+    await dirs.message("READY=1")
+    managed = int((dirs.state / "containerd" / "containerd.pid").read_text())
+    first.kill()
+    first.wait(10)
+
+    async def managed_gone() -> bool:  # it dies with the daemon (parent-death signal)
+        return not os.path.exists(f"/proc/{managed}") or "Z" in _state(managed)
+
+    await until(managed_gone)
+    ctd = start_containerd(dirs.state / "containerd")
+    try:
+        async with Client(ctd.address, dirs.namespace) as client:
+            for cid in ("flaky", "calm"):
+                container = await client.load_container(cid)
+                await (await container.task()).force_delete()
+    finally:
+        ctd.stop()
+    dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        flaky = await labels(client, "flaky")
+        assert (flaky[PREFIX + "exit-code"], flaky[PREFIX + "restart-count"]) == ("255", "1")
+        assert await pid_of(client, "flaky") is not None
+        calm = await labels(client, "calm")
+        assert (calm[PREFIX + "exit-code"], calm[PREFIX + "restart-count"]) == ("255", "0")
+        assert await pid_of(client, "calm") is None
