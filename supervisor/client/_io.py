@@ -137,7 +137,9 @@ class FileIO(ProcessIO):
     """stdout and stderr appended to files by the shim itself.
 
     Output is written even while no client is connected; nothing to clean up.
-    With ``terminal`` there is no separate stderr.
+    The shim copies on its own schedule, so the last bytes can reach the file
+    just after the process's exit is reported. With ``terminal`` there is no
+    separate stderr.
     """
 
     def __init__(
