@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,18 @@ from .._proto.supervisor import v1 as pb
 from ..client import FifoIO, Mount, TaskStatus
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, SupervisorError, to_grpc
 from ._definitions import ContainerDefinition
+from ._labels import (
+    COMMAND,
+    EXIT_CODE,
+    FINISHED_AT,
+    LOG_PATH,
+    MANAGED,
+    POLICY,
+    PREFIX,
+    ROOTFS,
+    SOURCE,
+    STARTED_AT,
+)
 from ._logs import read_records
 from ._policy import RestartPolicy, RestartState, manual_start, manual_stop
 
@@ -81,21 +94,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
     # -- helpers -----------------------------------------------------------------
 
     async def _info(self, cid: str) -> pb.ContainerInfo:
-        from ._daemon import (
-            COMMAND,
-            EXIT_CODE,
-            FINISHED_AT,
-            LOG_PATH,
-            POLICY,
-            ROOTFS,
-            SOURCE,
-            STARTED_AT,
-        )
-
         client = self.daemon.client
         container = await client.load_container(cid)
         labels = dict(container.info.labels)
-        if labels.get("io.containerd-supervisor/managed") != "true":
+        if labels.get(MANAGED) != "true":
             raise NotFound(f"container {cid} is not managed by this daemon")
         state = RestartState.from_labels(labels)
         status, pid = "stopped", 0
@@ -120,9 +122,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             source=labels.get(SOURCE, "definitions"),
             command=_json_list(labels.get(COMMAND)),
             rootfs=labels.get(ROOTFS, ""),
-            labels={
-                k: v for k, v in labels.items() if not k.startswith("io.containerd-supervisor/")
-            },
+            labels={k: v for k, v in labels.items() if not k.startswith(PREFIX)},
             manually_stopped=state.manually_stopped,
             oom_kills=state.oom_kills,
             log_path=labels.get(LOG_PATH, ""),
@@ -446,8 +446,6 @@ async def _send_output(stream: Any, name: str, reader: Any) -> None:
 
 
 def _json_list(text: str | None) -> list[str]:
-    import json
-
     try:
         value = json.loads(text or "[]")
     except ValueError:

@@ -21,18 +21,37 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .._supervisor import Supervisor
-from ..client import Client, Container, FifoIO, FifoReader, Task, TaskStatus
+from ..client import Client, Container, FifoIO, Task, TaskStatus
 from ..errors import NotFound, SupervisorError
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ManagedContainerd
 from ._control import serve
 from ._definitions import ContainerDefinition, load_definitions
+from ._labels import (
+    COMMAND,
+    EXIT_CODE,
+    FINISHED_AT,
+    HASH,
+    LOG_PATH,
+    MANAGED,
+    MANAGED_FILTER,
+    POLICY,
+    REMOVE_ON_EXIT,
+    ROOTFS,
+    SOURCE,
+    STARTED_AT,
+    STOP_SIGNAL,
+    STOP_TIMEOUT,
+    definition_from_labels,
+    policy,
+    timestamp,
+)
 from ._logs import RotatingJsonLog
 from ._notify import Notifier, watchdog_interval
+from ._output import Listener, copy_logs, publish
 from ._policy import (
     RestartPolicy,
     RestartState,
@@ -44,29 +63,11 @@ from ._policy import (
 
 log = logging.getLogger("supervisor.daemon")
 
-PREFIX = "io.containerd-supervisor/"
-MANAGED = PREFIX + "managed"
-HASH = PREFIX + "definition-hash"
-POLICY = PREFIX + "restart-policy"
-STOP_SIGNAL = PREFIX + "stop-signal"
-STOP_TIMEOUT = PREFIX + "stop-timeout"
-STARTED_AT = PREFIX + "started-at"
-FINISHED_AT = PREFIX + "finished-at"
-EXIT_CODE = PREFIX + "exit-code"
-LOG_PATH = PREFIX + "log-path"
-SOURCE = PREFIX + "source"
-COMMAND = PREFIX + "command"
-ROOTFS = PREFIX + "rootfs"
-REMOVE_ON_EXIT = PREFIX + "remove-on-exit"
-MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 #: Bound on each container operation the daemon makes on its own.
 OPERATION_TIMEOUT = 30.0
 #: How long an exit waits for the rest of the process's output to be logged.
 LOG_DRAIN_TIMEOUT = 2.0
-
-
-Listener = MemoryObjectSendStream[Any]
 
 
 @dataclass
@@ -77,22 +78,6 @@ class Applied:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def definition_from_labels(info: Any) -> ContainerDefinition:
-    """Rebuild what the daemon needs of a container made through the API."""
-    labels = info.labels
-    spec = info.spec
-    return ContainerDefinition(
-        id=info.id,
-        rootfs=Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
-        command=tuple(json.loads(labels.get(COMMAND, "[]")) or ["true"]),
-        restart=_policy(labels),
-        stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),
-        stop_timeout=float(labels.get(STOP_TIMEOUT, 10.0)),
-        terminal=bool(spec.get("process", {}).get("terminal", False)),
-        source=Path("<api>"),
-    )
 
 
 class Daemon:
@@ -272,14 +257,14 @@ class Daemon:
         cid = container.id
         labels = container.info.labels
         state = RestartState.from_labels(labels)
-        policy = _policy(labels)
-        started = _ts(labels.get(STARTED_AT))
-        finished = _ts(labels.get(FINISHED_AT))
+        restart_policy = policy(labels)
+        started = timestamp(labels.get(STARTED_AT))
+        finished = timestamp(labels.get(FINISHED_AT))
         if started is not None and (finished is None or finished < started):
             # It was running when a daemon died before recording its end (or
             # before starting its replacement): an exit with unknown status, as
             # Docker counts it, and the policy decides.
-            decision = decide(policy, state, 255, 0.0)
+            decision = decide(restart_policy, state, 255, 0.0)
             await container.update_labels(
                 {**decision.state.to_labels(), EXIT_CODE: "255",
                  FINISHED_AT: datetime.now(UTC).isoformat()}
@@ -287,7 +272,7 @@ class Daemon:
             log.info("container %s ended while no daemon watched: %s", cid, decision.reason)
             restart = decision.restart
         else:
-            restart = restart_on_daemon_start(policy, state)
+            restart = restart_on_daemon_start(restart_policy, state)
         if restart:
             log.info("container %s was stopped; its policy starts it again", cid)
             try:
@@ -384,7 +369,7 @@ class Daemon:
         drained = self._drained[cid] = anyio.Event()
         readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
         listeners = self.output_listeners.setdefault(cid, set())
-        self._tg.start_soon(_copy_logs, [(s, r) for s, r in readers if r is not None], journal,
+        self._tg.start_soon(copy_logs, [(s, r) for s, r in readers if r is not None], journal,
                             listeners, drained)  # fmt: skip
 
     def forget(self, cid: str) -> None:
@@ -515,7 +500,7 @@ class Daemon:
         labels = container.info.labels
         ended = event.exited_at.timestamp() if event.exited_at else time.time()
         ran_for = max(0.0, ended - float(labels.get(STARTED_AT, ended)))
-        decision = decide(_policy(labels), RestartState.from_labels(labels), event.exit_status,
+        decision = decide(policy(labels), RestartState.from_labels(labels), event.exit_status,
                           ran_for)  # fmt: skip
         log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
         if decision.restart:
@@ -573,35 +558,6 @@ class Daemon:
             log.error("cannot restart %s: %s", cid, exc)
 
 
-def _ts(text: str | None) -> float | None:
-    """A start or finish time from our labels (epoch seconds or ISO 8601)."""
-    if not text:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def publish(listeners: set[Listener], item: object) -> None:
-    """Hand ``item`` to every listener; one that cannot keep up is dropped
-    (its stream closes) rather than stalling the container or the pipeline."""
-    for listener in list(listeners):
-        try:
-            listener.send_nowait(item)
-        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            listeners.discard(listener)
-            listener.close()
-
-
-def _policy(labels: Mapping[str, str]) -> RestartPolicy:
-    return RestartPolicy.parse(labels.get(POLICY, "no"))
-
-
 async def _stop_task(task: Task, labels: Mapping[str, str], grace: float | None) -> int:
     signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
     timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
@@ -618,37 +574,3 @@ async def _stop_task(task: Task, labels: Mapping[str, str], grace: float | None)
         return (await task.force_delete()).code
     except NotFound:
         return 255
-
-
-async def _copy_logs(
-    readers: list[tuple[str, FifoReader]],
-    journal: RotatingJsonLog,
-    listeners: set[Listener],
-    drained: anyio.Event,
-) -> None:
-    failed = False
-
-    async def copy(stream: str, reader: FifoReader) -> None:
-        nonlocal failed
-        with contextlib.suppress(anyio.ClosedResourceError):
-            async for chunk in reader:
-                when = datetime.now(UTC)
-                try:
-                    await anyio.to_thread.run_sync(journal.write, stream, chunk, when)
-                except OSError as exc:  # a full disk must not take the daemon down
-                    if not failed:
-                        failed = True
-                        log.error("cannot write %s: %s", journal.path, exc)
-                publish(listeners, (when, stream, chunk))
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for stream, reader in readers:
-                tg.start_soon(copy, stream, reader)
-    finally:
-        with contextlib.suppress(OSError):
-            await anyio.to_thread.run_sync(journal.flush_partial)
-        drained.set()
-        for listener in list(listeners):  # followers end with the output
-            listener.close()
-        listeners.clear()

@@ -1,0 +1,63 @@
+"""The labels the daemon keeps its state in, on each of its containers."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from ..client import ContainerInfo
+from ._definitions import ContainerDefinition
+from ._policy import RestartPolicy
+
+PREFIX = "io.containerd-supervisor/"
+MANAGED = PREFIX + "managed"
+HASH = PREFIX + "definition-hash"
+POLICY = PREFIX + "restart-policy"
+STOP_SIGNAL = PREFIX + "stop-signal"
+STOP_TIMEOUT = PREFIX + "stop-timeout"
+STARTED_AT = PREFIX + "started-at"
+FINISHED_AT = PREFIX + "finished-at"
+EXIT_CODE = PREFIX + "exit-code"
+LOG_PATH = PREFIX + "log-path"
+SOURCE = PREFIX + "source"
+COMMAND = PREFIX + "command"
+ROOTFS = PREFIX + "rootfs"
+REMOVE_ON_EXIT = PREFIX + "remove-on-exit"
+MANAGED_FILTER = f'labels."{MANAGED}"==true'
+
+
+def policy(labels: Mapping[str, str]) -> RestartPolicy:
+    return RestartPolicy.parse(labels.get(POLICY, "no"))
+
+
+def timestamp(text: str | None) -> float | None:
+    """A start or finish time from our labels (epoch seconds or ISO 8601)."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
+    """Rebuild what the daemon needs of a container made through the API."""
+    labels = info.labels
+    spec = info.spec
+    return ContainerDefinition(
+        id=info.id,
+        rootfs=Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
+        command=tuple(json.loads(labels.get(COMMAND, "[]")) or ["true"]),
+        restart=policy(labels),
+        stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),
+        stop_timeout=float(labels.get(STOP_TIMEOUT, 10.0)),
+        terminal=bool(spec.get("process", {}).get("terminal", False)),
+        source=Path("<api>"),
+    )
