@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import stat
 import struct
 import sys
 import termios
@@ -36,10 +37,18 @@ async def run_command(args: argparse.Namespace) -> int:
     try:
         stub = pb.ControlStub(channel)
         try:
-            return await VERBS[args.command](stub, channel, args)
+            try:
+                return await VERBS[args.command](stub, channel, args)
+            except BaseExceptionGroup as group:  # from an attached call's task group
+                raise _first(group) from None
         except GRPCError as exc:
             error: Exception = from_grpc(exc)
-        except (ConnectionRefusedError, FileNotFoundError, StreamTerminatedError) as exc:
+        except (
+            ConnectionRefusedError,
+            ConnectionResetError,
+            FileNotFoundError,
+            StreamTerminatedError,
+        ) as exc:
             error = Unavailable(f"cannot reach the daemon at {path} ({_why(exc)}); is it running?")
         except PermissionError:
             error = SupervisorError(f"permission denied on {path} (root or its group only)")
@@ -47,6 +56,13 @@ async def run_command(args: argparse.Namespace) -> int:
         return 1
     finally:
         channel.close()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def _absolute(path: str) -> str:
@@ -126,23 +142,24 @@ def _size_key(size: pb.Resize | None) -> tuple[int, int] | None:
 
 async def _stdin_chunks() -> AsyncIterator[bytes]:
     fd = sys.stdin.fileno()
-    os.set_blocking(fd, False)
-    try:
-        while True:
-            await anyio.wait_readable(fd)
-            try:
+    # stdin stays blocking (a terminal shares it with stdout): wait until it is
+    # readable, then one read returns what is there. Files can't be polled.
+    mode = os.fstat(fd).st_mode
+    pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    while True:
+        try:
+            if pollable:
+                await anyio.wait_readable(fd)
                 data = os.read(fd, _READ)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # the terminal went away
-                    return
-                raise
-            if not data:
+            else:
+                data = await anyio.to_thread.run_sync(os.read, fd, _READ)
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the terminal went away
                 return
-            yield data
-    finally:
-        os.set_blocking(fd, True)
+            raise
+        if not data:
+            return
+        yield data
 
 
 async def _attached(
@@ -244,7 +261,7 @@ async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace)
         size = _terminal_size() if args.tty else None
         if size is not None:
             await stream.send_message(pb.RunInput(resize=size))
-        with _raw_terminal(args.tty):
+        with _raw_terminal(args.tty and args.interactive):
             code = await _attached(stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty)
         return code
 
@@ -269,7 +286,7 @@ async def _exec(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace
         "/supervisor.v1.Control/Exec", Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput
     ) as stream:
         await stream.send_message(pb.ExecInput(start=start))
-        with _raw_terminal(args.tty):
+        with _raw_terminal(args.tty and args.interactive):
             code = await _attached(stream, pb.ExecInput, pb.ExecOutput, args.interactive, args.tty)
         return code
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line on stderr, exit code 2 (argparse's usual code)."""
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = cmd("logs", "show a container's output (its JSON-lines log)")
     p.add_argument("-f", "--follow", action="store_true", help="go on until the container exits")
-    p.add_argument("--tail", type=int, help="only the last N lines")
+    p.add_argument("--tail", type=_count, help="only the last N lines")
     p.add_argument("--since", help="only lines after this time (RFC 3339, or 10s, 5m, 2h ago)")
     p.add_argument("-t", "--timestamps", action="store_true", help="show each line's time")
     p.add_argument("id")
@@ -151,6 +159,9 @@ def _daemon(config_path: Path | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``supervisor`` console script."""
     args = _parser().parse_args(argv)
+    if args.command != "daemon":
+        # Like other Unix tools: `supervisor logs x | head` just ends quietly.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         if args.command == "daemon":
             return _daemon(args.config)

@@ -29,7 +29,15 @@ from grpclib.exceptions import GRPCError
 from .. import __version__
 from .._proto.supervisor import v1 as pb
 from ..client import FifoIO, Mount, TaskStatus
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, SupervisorError, to_grpc
+from ..client._spec import parse_user
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SupervisorError,
+    to_grpc,
+)
 from ._definitions import ContainerDefinition
 from ._labels import (
     COMMAND,
@@ -57,12 +65,27 @@ LISTENER_BUFFER = 4096
 CLIENT_CLOSE_TIMEOUT = 5.0
 
 
+_STOPPING_SIGNALS = frozenset(
+    {int(signal.SIGKILL), int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGQUIT)}
+)
+
+
 @contextlib.contextmanager
 def _status() -> Iterator[None]:
     try:
         yield
     except SupervisorError as exc:
         raise to_grpc(exc) from exc
+    except BaseExceptionGroup as group:
+        # An error from inside a task group: report the first of ours as a status.
+        matched, _ = group.split(SupervisorError)
+        if matched is None:
+            raise
+        first = matched.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert isinstance(first, SupervisorError)
+        raise to_grpc(first) from group
 
 
 def _signal(value: str) -> int:
@@ -90,6 +113,7 @@ def _ts(text: str | None) -> datetime | None:
 class ControlService(pb.ControlBase):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
+        self._reserved: set[str] = set()
 
     # -- helpers -----------------------------------------------------------------
 
@@ -191,9 +215,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(cid)
             signum = _signal(message.signal)
             container = await self.daemon.client.load_container(cid)
-            await container.update_labels(
-                manual_stop(RestartState.from_labels(container.info.labels)).to_labels()
-            )
+            if signum in _STOPPING_SIGNALS:  # a SIGHUP or SIGUSR1 is not a stop
+                await container.update_labels(
+                    manual_stop(RestartState.from_labels(container.info.labels)).to_labels()
+                )
             task = await container.task()
             await task.kill(signum, all=True)
             return await self._info(cid)
@@ -264,9 +289,14 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(cid)
         daemon = self.daemon
         send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
-        if message.follow:
+        follow = message.follow and daemon.is_running(cid)  # nothing to follow otherwise
+        if follow:
             daemon.output_listeners.setdefault(cid, set()).add(send)
+        else:
+            send.close()
         path = daemon.config.log_dir / f"{cid}.log"
+        if message.has_tail and message.tail < 0:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "--tail must be 0 or more")
         tail = message.tail if message.has_tail else None
         records = await anyio.to_thread.run_sync(lambda: read_records(path, tail=tail))
         since = message.since
@@ -282,7 +312,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 line=record.get("log", "").encode(),
                 partial=bool(record.get("partial")),
             )
-        if not message.follow:
+        if not follow:
             return
         with receive:
             async for when, stream, chunk in receive:
@@ -323,21 +353,37 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         request = first.request
         with _status():
             definition = _definition(request.definition)
-            if definition.id in self.daemon.definitions:
-                raise SupervisorError(f"container {definition.id} already exists")
-            listeners: set[Any] = set()
-            send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
-            if request.attach:
-                listeners.add(send)
-                self.daemon.output_listeners[definition.id] = listeners
-            exited = self.daemon.exit_waiter(definition.id)
-            io = await self.daemon.run_container(
-                definition, remove=request.remove, stdin=request.definition.stdin
-            )
-        await stream.send_message(pb.RunOutput(started=await self._info(definition.id)))
+            if definition.id in self.daemon.definitions or definition.id in self._reserved:
+                raise AlreadyExists(f"container {definition.id} already exists")
+            self._reserved.add(definition.id)  # before any await: two runs, one winner
+            try:
+                io, receive, exited = await self._create_for_run(definition, request)
+            finally:
+                self._reserved.discard(definition.id)
+        await stream.send_message(pb.RunOutput(started=await self._info_or_gone(definition.id)))
         if not request.attach:
             return
         await self._attach(stream, io, receive, exited, definition.id)
+
+    async def _create_for_run(self, definition: ContainerDefinition, request: pb.RunRequest) -> Any:
+        listeners: set[Any] = set()
+        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
+        if request.attach:
+            listeners.add(send)
+            self.daemon.output_listeners[definition.id] = listeners
+        exited = self.daemon.exit_waiter(definition.id)
+        assert request.definition is not None
+        io = await self.daemon.run_container(
+            definition, remove=request.remove, stdin=request.definition.stdin
+        )
+        return io, receive, exited
+
+    async def _info_or_gone(self, cid: str) -> pb.ContainerInfo:
+        """A container made with --rm may be gone already: say so, don't fail."""
+        try:
+            return await self._info(cid)
+        except NotFound:
+            return pb.ContainerInfo(id=cid, status="removed")
 
     async def _attach(
         self,
@@ -407,6 +453,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 process["env"] = [*process.get("env", []), *extra]
             if start.cwd:
                 process["cwd"] = start.cwd
+            if start.user:
+                rootfs = (container.info.spec.get("root") or {}).get("path")
+                process["user"] = parse_user(start.user, Path(rootfs) if rootfs else None)
             if start.terminal and start.size is not None and start.size.width:
                 # The first size is in place before the process runs.
                 process["consoleSize"] = {"height": start.size.height, "width": start.size.width}
@@ -428,8 +477,16 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                     await _client_done(inputs_done)
                     tg.cancel_scope.cancel()
             finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
-                    await proc.delete()
+                # The client may have gone mid-call: end the process, then delete
+                # it, and release its FIFOs whatever happens.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(15):
+                    with contextlib.suppress(SupervisorError):
+                        if (await proc.status()).status is not TaskStatus.STOPPED:
+                            await proc.kill(signal.SIGKILL)
+                            await proc.wait()
+                    with contextlib.suppress(SupervisorError):
+                        await proc.delete()
+                    await io.aclose()
 
 
 async def _client_done(inputs_done: anyio.Event) -> None:
@@ -458,6 +515,8 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
         raise InvalidArgument("a rootfs directory is needed (--rootfs)")
     if not d.command:
         raise InvalidArgument("a command is needed")
+    if any(key.startswith(PREFIX) for key in d.labels):
+        raise InvalidArgument(f"labels under {PREFIX} are the daemon's own")
     return ContainerDefinition(
         id=d.id,
         rootfs=Path(d.rootfs),

@@ -205,7 +205,7 @@ class Daemon:
         existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
         for cid, info in existing.items():
             definition = wanted.get(cid)
-            if definition is None and info.labels.get(SOURCE) == "api":
+            if definition is None and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
                     self.definitions[cid] = definition_from_labels(info)
                     await self._adopt(await self.client.load_container(cid), self.definitions[cid])
@@ -287,9 +287,12 @@ class Daemon:
 
     async def apply(self, directory: Path, *, remove: bool = False) -> Applied:
         """Create the new definitions of ``directory`` and replace the changed
-        ones; with ``remove``, delete the containers whose file is gone."""
+        ones; with ``remove`` (the configured directory), delete the containers
+        whose file is gone. Containers applied from another directory are kept
+        like those of ``run``: a reload does not remove them."""
+        own = remove
         wanted = self._load(directory)
-        result = Applied(errors=list(self.load_errors))
+        result = Applied()
         if remove:
             for cid in sorted(self._from_dir - set(wanted)):
                 log.info("definition of %s removed: stopping and deleting it", cid)
@@ -297,17 +300,20 @@ class Daemon:
                 self.definitions.pop(cid, None)
                 self._from_dir.discard(cid)
                 result.removed.append(cid)
+        source = "definitions" if own else "apply"
         for cid, definition in sorted(wanted.items()):
             current = self.definitions.get(cid)
             if current is None:
-                if await self._create_and_start(definition):
+                if await self._create_and_start(definition, source):
                     result.created.append(cid)
             elif current.definition_hash() != definition.definition_hash():
                 log.info("definition of %s changed: replacing it", cid)
                 await self._stop(cid, remove=True)
-                if await self._create_and_start(definition):
+                if await self._create_and_start(definition, source):
                     result.replaced.append(cid)
-            self._from_dir.add(cid)
+            if own:
+                self._from_dir.add(cid)
+        result.errors = list(self.load_errors)
         return result
 
     # -- containers --------------------------------------------------------------
@@ -329,12 +335,14 @@ class Daemon:
             **RestartState().to_labels(),
         }
 
-    async def _create_and_start(self, definition: ContainerDefinition) -> bool:
+    async def _create_and_start(
+        self, definition: ContainerDefinition, source: str = "definitions"
+    ) -> bool:
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
                 async with self._lock(definition.id):
                     container = await self.client.create_container(
-                        definition.id, definition.spec(), labels=self._labels(definition)
+                        definition.id, definition.spec(), labels=self._labels(definition, source)
                     )
                     self.definitions[definition.id] = definition
                     await self._start(container)
@@ -382,6 +390,11 @@ class Daemon:
         for listener in self.output_listeners.pop(cid, set()):
             listener.close()
 
+    def is_running(self, cid: str) -> bool:
+        """Whether the daemon pumps a live task's output for this container."""
+        drained = self._drained.get(cid)
+        return cid in self._tasks and drained is not None and not drained.is_set()
+
     def exit_waiter(self, cid: str) -> anyio.Event:
         """An event set at the container's next exit (after the policy ran)."""
         waiter = anyio.Event()
@@ -396,28 +409,31 @@ class Daemon:
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
         with anyio.fail_after(OPERATION_TIMEOUT):
-            container = await self.client.create_container(
-                definition.id, definition.spec(), labels=labels
-            )
-            self.definitions[definition.id] = definition
-            try:
-                task = await self._start(container, stdin=stdin)
-            except BaseException:
-                self.definitions.pop(definition.id, None)
-                with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
-                    await container.delete()
-                raise
+            async with self._lock(definition.id):
+                container = await self.client.create_container(
+                    definition.id, definition.spec(), labels=labels
+                )
+                self.definitions[definition.id] = definition
+                try:
+                    task = await self._start(container, stdin=stdin)
+                except BaseException:
+                    self.definitions.pop(definition.id, None)
+                    with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                        with contextlib.suppress(NotFound):
+                            await (await container.task()).force_delete()
+                        await container.delete()
+                    raise
         assert isinstance(task.io, FifoIO)
         return task.io
 
     async def stop_container(self, cid: str, *, grace: float | None = None) -> None:
         """A manual stop: signal, ``grace`` seconds (default: the container's
         stop timeout), SIGKILL. The restart policy will not undo it."""
-        await self._stop(cid, remove=False, grace=grace)
+        await self._stop(cid, remove=False, grace=grace, quiet=False)
 
     async def remove_container(self, cid: str) -> None:
         """Stop (if running) and delete a container, and forget it."""
-        await self._stop(cid, remove=True)
+        await self._stop(cid, remove=True, quiet=False)
 
     def _lock(self, cid: str) -> anyio.Lock:
         lock = self._locks.get(cid)
@@ -426,16 +442,25 @@ class Daemon:
         return lock
 
     async def _stop(
-        self, cid: str, *, remove: bool, grace: float | None = None, manual: bool = True
+        self,
+        cid: str,
+        *,
+        remove: bool,
+        grace: float | None = None,
+        manual: bool = True,
+        quiet: bool = True,
     ) -> None:
         """Stop a container on our own account (signal, timeout, SIGKILL);
-        with ``remove``, delete it too. ``manual``: the policy must not undo it."""
+        with ``remove``, delete it too. ``manual``: the policy must not undo it.
+        Errors are logged, or with ``quiet=False`` raised to the caller."""
         self._busy.add(cid)
         try:
-            with anyio.fail_after(OPERATION_TIMEOUT * 3):
+            with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
                 async with self._lock(cid):
                     await self._stop_locked(cid, remove=remove, grace=grace, manual=manual)
         except (SupervisorError, TimeoutError) as exc:
+            if not quiet:
+                raise
             log.error("cannot stop %s: %s", cid, exc)
         finally:
             self._busy.discard(cid)

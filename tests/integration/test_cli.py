@@ -12,6 +12,7 @@ import subprocess
 import sys
 import termios
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -80,6 +81,31 @@ async def test_run_detached_ps_and_logs_follow(dirs: DaemonDirs) -> None:
     assert dirs.cli("logs", "--tail", "1", "ticker").out.startswith("line ")
     assert dirs.cli("rm", "-f", "ticker").code == 0
     assert ps(dirs, "-a") == []
+
+
+async def test_run_interactive_forwards_stdin(dirs: DaemonDirs, tmp_path: Path) -> None:
+    await ready(dirs)
+    data = b"".join(b"line %d\n" % n for n in range(2000))
+    done = dirs.cli("run", "--rm", "-i", "--rootfs", str(dirs.rootfs), "cat1", "cat", input=data)
+    assert (done.code, done.out.encode()) == (0, data)
+    source = tmp_path / "input.txt"  # a regular file cannot be polled: read in a thread
+    source.write_bytes(b"from a file\n")
+    with source.open("rb") as stdin:
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor", "--socket", str(dirs.control), "run", "--rm",
+             "-i", "--rootfs", str(dirs.rootfs), "cat2", "cat"],
+            stdin=stdin, capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, b"from a file\n")
+
+
+async def test_logs_of_a_stopped_container_do_not_hang(dirs: DaemonDirs) -> None:
+    await ready(dirs)
+    done = dirs.cli("run", "--rootfs", str(dirs.rootfs), "once", "echo", "bye")
+    assert (done.code, done.out) == (0, "bye\n")
+    done = dirs.cli("logs", "-f", "once", timeout=20)
+    assert (done.code, done.out) == (0, "bye\n")
+    assert dirs.cli("rm", "once").code == 0
 
 
 async def test_stop_within_timeout_is_not_undone(dirs: DaemonDirs) -> None:
@@ -194,6 +220,21 @@ async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
         (("run", "--rootfs", str(dirs.rootfs), "bad id", "true"), 1, "invalid"),
         (("run", "--rootfs", "/no/such/dir", "x", "true"), 1, "not a directory"),
         (("run", "--memory", "lots", "--rootfs", str(dirs.rootfs), "x", "true"), 1, "lots"),
+        (("exec", "ghost", "ls"), 1, "no container 'ghost'"),
+        (
+            (
+                "run",
+                "-l",
+                "io.containerd-supervisor/x=1",
+                "--rootfs",
+                str(dirs.rootfs),
+                "x",
+                "true",
+            ),
+            1,
+            "the daemon's own",
+        ),
+        (("logs", "--tail", "-1", "ghost"), 2, "negative"),
         (("ps", "--bogus"), 2, "unrecognized arguments"),
         (("frobnicate",), 2, "invalid choice"),
     ):
