@@ -114,6 +114,33 @@ def _info_dict(info: pb.ContainerInfo) -> dict[str, Any]:
 # -- run, exec: attached streams ------------------------------------------------------------
 
 
+class _Call:
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self.reset: StreamTerminatedError | None = None
+
+    def result(self) -> int:
+        if self.code is not None:
+            return self.code
+        assert self.reset is not None
+        raise self.reset
+
+
+@contextlib.asynccontextmanager
+async def _reset_means_status() -> AsyncIterator[_Call]:
+    """grpclib can see the server's reset before the status that preceded it
+    (a call refused at once, e.g. an unknown id). Swallow the reset here: the
+    request's own exit, outside this block, raises the status when it came."""
+    call = _Call()
+    try:
+        yield call
+    except BaseException as exc:
+        first = _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(first, StreamTerminatedError):
+            raise
+        call.reset = first
+
+
 @contextlib.contextmanager
 def _raw_terminal(enabled: bool) -> Iterator[None]:
     if not enabled or not os.isatty(0):
@@ -246,9 +273,12 @@ async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace)
         stdin=args.interactive,
     )
     request = pb.RunRequest(definition=definition, attach=not args.detach, remove=args.rm)
-    async with channel.request(
-        "/supervisor.v1.Control/Run", Cardinality.STREAM_STREAM, pb.RunInput, pb.RunOutput
-    ) as stream:
+    async with (
+        channel.request(
+            "/supervisor.v1.Control/Run", Cardinality.STREAM_STREAM, pb.RunInput, pb.RunOutput
+        ) as stream,
+        _reset_means_status() as call,
+    ):
         await stream.send_message(pb.RunInput(request=request))
         first = await stream.recv_message()
         if first is None or first.started is None:
@@ -262,8 +292,10 @@ async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace)
         if size is not None:
             await stream.send_message(pb.RunInput(resize=size))
         with _raw_terminal(args.tty and args.interactive):
-            code = await _attached(stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty)
-        return code
+            call.code = await _attached(
+                stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty
+            )
+    return call.result()
 
 
 async def _exec(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
@@ -282,13 +314,18 @@ async def _exec(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace
         cwd=args.workdir,
         size=_terminal_size() if args.tty else None,
     )
-    async with channel.request(
-        "/supervisor.v1.Control/Exec", Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput
-    ) as stream:
+    async with (
+        channel.request(
+            "/supervisor.v1.Control/Exec", Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput
+        ) as stream,
+        _reset_means_status() as call,
+    ):
         await stream.send_message(pb.ExecInput(start=start))
         with _raw_terminal(args.tty and args.interactive):
-            code = await _attached(stream, pb.ExecInput, pb.ExecOutput, args.interactive, args.tty)
-        return code
+            call.code = await _attached(
+                stream, pb.ExecInput, pb.ExecOutput, args.interactive, args.tty
+            )
+    return call.result()
 
 
 # -- the rest ----------------------------------------------------------------------------
