@@ -50,6 +50,7 @@ from ._labels import (
     ROOTFS,
     SOURCE,
     STARTED_AT,
+    timestamp,
 )
 from ._logs import read_records
 from ._policy import RestartPolicy, RestartState, manual_start, manual_stop
@@ -100,14 +101,8 @@ def _signal(value: str) -> int:
 
 
 def _ts(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        if text.replace(".", "", 1).isdigit():
-            return datetime.fromtimestamp(float(text), UTC)
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
+    seconds = timestamp(text)
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 class ControlService(pb.ControlBase):  # type: ignore[misc]
