@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _daemon(config_path: Path | None) -> int:
-    from .daemon import ConfigError, Daemon, load_config
+    from .daemon import ConfigError, Daemon, DaemonError, load_config
 
     try:
         config = load_config(config_path)
@@ -152,7 +152,11 @@ def _daemon(config_path: Path | None) -> int:
     if os.geteuid() != 0:
         print("supervisor daemon: must run as root (containerd and runc)", file=sys.stderr)
         return 1
-    anyio.run(Daemon(config).run)
+    try:
+        anyio.run(Daemon(config).run)
+    except DaemonError as exc:
+        print(f"supervisor daemon: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

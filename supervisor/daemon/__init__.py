@@ -6,6 +6,7 @@ from ._config import DaemonConfig as DaemonConfig
 from ._config import load_config as load_config
 from ._containerd import ManagedContainerd as ManagedContainerd
 from ._daemon import Daemon as Daemon
+from ._daemon import DaemonError as DaemonError
 from ._definitions import ContainerDefinition as ContainerDefinition
 from ._definitions import DefinitionError as DefinitionError
 from ._definitions import load_definitions as load_definitions
@@ -21,6 +22,7 @@ __all__ = (
     "ContainerDefinition",
     "Daemon",
     "DaemonConfig",
+    "DaemonError",
     "DefinitionError",
     "ManagedContainerd",
     "Notifier",

@@ -53,7 +53,8 @@ from ._labels import (
     timestamp,
 )
 from ._logs import read_records
-from ._policy import RestartPolicy, RestartState, manual_start, manual_stop
+from ._plan import lenient_state
+from ._policy import RestartPolicy
 
 if TYPE_CHECKING:
     from ._daemon import Daemon
@@ -118,7 +119,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         labels = dict(container.info.labels)
         if labels.get(MANAGED) != "true":
             raise NotFound(f"container {cid} is not managed by this daemon")
-        state = RestartState.from_labels(labels)
+        state = lenient_state(labels)
         status, pid = "stopped", 0
         try:
             task = await client.process_state(cid)
@@ -134,7 +135,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             pid=pid,
             restart=labels.get(POLICY, "no"),
             restart_count=state.restart_count,
-            exit_code=int(exit_code) if exit_code else 0,
+            exit_code=int(exit_code) if exit_code and exit_code.isdigit() else 0,
             exited=exit_code is not None,
             started_at=_ts(labels.get(STARTED_AT)),
             finished_at=_ts(labels.get(FINISHED_AT)),
@@ -182,19 +183,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         with _status():
             cid = message.id
             self._managed(cid)
-            container = await self.daemon.client.load_container(cid)
-            await container.update_labels(
-                manual_start(RestartState.from_labels(container.info.labels)).to_labels()
-            )
-            try:
-                state = await self.daemon.client.process_state(cid)
-            except NotFound:
-                state = None
-            if state is not None and state.status is not TaskStatus.STOPPED:
-                raise FailedPrecondition(f"container {cid} is already {state.status.value}")
-            if state is not None:
-                await (await container.task()).delete()
-            await self.daemon._start(container)
+            await self.daemon.start_container(cid)
             return await self._info(cid)
 
     async def stop(self, message: pb.StopRequest) -> pb.ContainerInfo:
@@ -209,13 +198,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             cid = message.id
             self._managed(cid)
             signum = _signal(message.signal)
-            container = await self.daemon.client.load_container(cid)
-            if signum in _STOPPING_SIGNALS:  # a SIGHUP or SIGUSR1 is not a stop
-                await container.update_labels(
-                    manual_stop(RestartState.from_labels(container.info.labels)).to_labels()
-                )
-            task = await container.task()
-            await task.kill(signum, all=True)
+            # A SIGHUP or SIGUSR1 is not a stop.
+            await self.daemon.kill_container(cid, signum, manual=signum in _STOPPING_SIGNALS)
             return await self._info(cid)
 
     async def remove(self, message: pb.RemoveRequest) -> pb.RemoveResponse:
@@ -252,7 +236,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(message.id)
             container = await self.daemon.client.load_container(message.id)
             stats = await (await container.task()).metrics()
-            state = RestartState.from_labels(container.info.labels)
+            state = lenient_state(container.info.labels)
         return pb.StatsResponse(
             id=message.id,
             cpu_total_ns=stats.cpu_total_ns,

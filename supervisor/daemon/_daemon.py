@@ -1,19 +1,25 @@
 """The long-running service: definitions in, containers kept alive, state in containerd.
 
-The daemon is one backend of the event pipeline. Everything it must know
-after a crash lives in labels on the containers (policy, restart count,
-backoff, manual stop, definition hash, start time, log path), so a new
-daemon rebuilds itself from containerd alone and touches nothing that runs.
+The daemon is one backend of the event pipeline, and level-triggered: events
+are hints. Each container has one idempotent :meth:`Daemon.sync` that reads
+what containerd says now and takes the next steps toward what the container
+should be (:func:`._plan.plan`). It runs on an event for the container, on a
+relist of all tasks every second, after containerd comes back, and again after
+a failure with a backoff. Everything the daemon must know after a crash lives
+in labels on the containers, written before it acts, so a new daemon rebuilds
+itself from containerd alone and touches nothing that runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
+import shutil
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,43 +29,54 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .._supervisor import Supervisor
-from ..client import Client, Container, FifoIO, Task, TaskStatus
-from ..errors import NotFound, SupervisorError
+from ..client import (
+    Client,
+    Container,
+    FifoIO,
+    NullIO,
+    ProcessIO,
+    ProcessState,
+    Task,
+    TaskStatus,
+)
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    SupervisorError,
+    Unavailable,
+)
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
-from ._containerd import ManagedContainerd
+from ._containerd import ContainerdStartError, ManagedContainerd
 from ._control import serve
 from ._definitions import ContainerDefinition, load_definitions
 from ._labels import (
     COMMAND,
     EXIT_CODE,
+    EXIT_PID,
     FINISHED_AT,
     HASH,
     LOG_PATH,
     MANAGED,
     MANAGED_FILTER,
+    NEXT_START,
     POLICY,
     REMOVE_ON_EXIT,
     ROOTFS,
     SOURCE,
     STARTED_AT,
+    STARTED_PID,
     STOP_SIGNAL,
     STOP_TIMEOUT,
     definition_from_labels,
-    policy,
-    timestamp,
 )
 from ._logs import RotatingJsonLog
 from ._notify import Notifier, watchdog_interval
 from ._output import Listener, copy_logs, publish
-from ._policy import (
-    RestartPolicy,
-    RestartState,
-    decide,
-    manual_stop,
-    record_oom,
-    restart_on_daemon_start,
-)
+from ._plan import START_FAILED_EXIT, Act, TaskView, lenient_state, plan, record_exit
+from ._policy import RestartState, manual_start, manual_stop, record_oom
+from ._scheduler import EXPECTED, SyncScheduler
 
 log = logging.getLogger("supervisor.daemon")
 
@@ -68,6 +85,17 @@ log = logging.getLogger("supervisor.daemon")
 OPERATION_TIMEOUT = 30.0
 #: How long an exit waits for the rest of the process's output to be logged.
 LOG_DRAIN_TIMEOUT = 2.0
+#: How often every task is listed, to turn missed events into syncs (kubelet's PLEG).
+RELIST_INTERVAL = 1.0
+#: Steps one sync may take before it yields (a restart is at most five).
+MAX_STEPS = 10
+#: Errors that leave a start to be retried as it is (no exit recorded).
+_TRANSIENT = (Unavailable, TimeoutError, OSError, AlreadyExists, NotFound)
+_LIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot run (another one holds its state dir, containerd did not start)."""
 
 
 @dataclass
@@ -78,6 +106,40 @@ class Applied:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+def _fingerprint(state: ProcessState | None) -> tuple[str, int] | None:
+    return None if state is None else (state.status.value, state.pid)
+
+
+def _view(state: ProcessState | None) -> TaskView | None:
+    if state is None:
+        return None
+    exit_status = state.exit_status
+    return TaskView(
+        state.status,
+        state.pid,
+        exit_status.code if exit_status else 0,
+        exit_status.exited_at.timestamp() if exit_status and exit_status.exited_at else None,
+    )
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the state dir's lock for this process (one daemon per state dir);
+    returns the descriptor that holds it."""
+    path = state_dir / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DaemonError(
+            f"another supervisor daemon (pid {holder}) is running with state dir {state_dir}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Daemon:
@@ -99,11 +161,14 @@ class Daemon:
         self.event_listeners: set[Listener] = set()
         self._exits: dict[str, list[anyio.Event]] = {}
         self.last_exit: dict[str, int] = {}
-        self._busy: set[str] = set()  # ids being stopped or replaced by us
         self._locks: dict[str, anyio.Lock] = {}  # one container's changes, one at a time
+        self._seen: dict[str, tuple[str, int] | None] = {}  # task as the last sync saw it
+        self._synced: set[str] = set()  # ids this daemon has synced once
+        self._oom_pending: dict[str, int] = {}
+        self.start_errors: dict[str, str] = {}
+        self.scheduler = SyncScheduler(self.sync)
         self._stopping = False
         self.load_errors: list[str] = []
-        self._restored = anyio.Event()
         self._sup: Supervisor | None = None
         self._tg: TaskGroup | None = None
         self.managed: ManagedContainerd | None = None
@@ -117,10 +182,15 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT (signals that arrive while starting wait
-        their turn); SIGHUP reloads the definitions."""
+        their turn); SIGHUP reloads the definitions. ``DaemonError`` when it
+        cannot start."""
         with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+            lock = lock_state_dir(self.config.state_dir)
             try:
                 await self._run(signals)
+            except ContainerdStartError as exc:
+                raise DaemonError(str(exc)) from exc
             finally:
                 self._stopping = True
                 for journal in self._logs.values():
@@ -128,10 +198,10 @@ class Daemon:
                 if self.managed is not None:
                     with anyio.CancelScope(shield=True):
                         await self.managed.stop()
+                os.close(lock)
 
     async def _run(self, signals: Any) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         started = time.monotonic()
         self.notifier.status("starting containerd" if config.managed else "connecting")
@@ -150,6 +220,8 @@ class Daemon:
             if self.managed is not None:
                 tg.start_soon(self.managed.watch)
             await self._restore()
+            tg.start_soon(self.scheduler.run)
+            tg.start_soon(self._relist)
             server = await serve(self, config.control_socket, config.control_group)
             running = len(self._tasks)
             log.info(
@@ -170,8 +242,9 @@ class Daemon:
             self.notifier.status("stopping")
             if config.stop_containers_on_exit:
                 with anyio.move_on_after(OPERATION_TIMEOUT * 2):
-                    for cid in list(self.definitions):
-                        await self._stop(cid, remove=False, manual=False)
+                    async with anyio.create_task_group() as stops:
+                        for cid in list(self.definitions):
+                            stops.start_soon(self._shutdown_stop, cid)
             tg.cancel_scope.cancel()
 
     async def _serve_signals(self, signals: Any) -> None:
@@ -189,6 +262,25 @@ class Daemon:
             self.notifier.watchdog()
             await anyio.sleep(interval)
 
+    async def _relist(self) -> None:
+        """Every second, one Tasks.List: a task whose state differs from what
+        its last sync saw is synced again (a lost event, an outage)."""
+        down = False
+        while True:
+            await anyio.sleep(RELIST_INTERVAL)
+            try:
+                tasks = await self.client.list_tasks()
+            except SupervisorError:
+                down = True  # the event pipeline logs the outage once
+                continue
+            now = {t.container_id: _fingerprint(t) for t in tasks}
+            for cid in list(self.definitions):
+                if down or now.get(cid) != self._seen.get(cid):
+                    self.scheduler.request(cid)
+            if down:
+                log.info("containerd answers again; syncing %d containers", len(self.definitions))
+                down = False
+
     # -- definitions -------------------------------------------------------------
 
     def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
@@ -199,87 +291,75 @@ class Daemon:
         return {d.id: d for d in definitions}
 
     async def _restore(self) -> None:
-        """Live restore: adopt what runs, apply the definitions, then let the
-        pipeline's handlers (held until now) apply policies to what ended."""
+        """Live restore: adopt what runs, apply the definitions, and take every
+        container one sync toward its policy before the daemon says READY."""
         wanted = self._load()
         existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        await self._sweep_fifo_dirs()
+        to_sync: list[str] = []
         for cid, info in existing.items():
             definition = wanted.get(cid)
             if definition is None and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
                     self.definitions[cid] = definition_from_labels(info)
-                    await self._adopt(await self.client.load_container(cid), self.definitions[cid])
-                except (SupervisorError, OSError, ValueError) as exc:
+                except (SupervisorError, ValueError) as exc:
                     log.error("cannot adopt %s: %s", cid, exc)
-                continue
-            if definition is None:
+                    continue
+                to_sync.append(cid)
+            elif definition is None:
                 log.info("container %s has no definition any more: removing it", cid)
                 await self._stop(cid, remove=True)
             elif info.labels.get(HASH) != definition.definition_hash():
                 log.info("definition of %s changed: replacing it", cid)
                 await self._stop(cid, remove=True)
-                await self._create_and_start(definition)
+                if await self._create(definition):
+                    to_sync.append(cid)
             else:
                 self.definitions[cid] = definition
-                try:
-                    await self._adopt(await self.client.load_container(cid), definition)
-                except (SupervisorError, OSError, ValueError) as exc:
-                    log.error("cannot adopt %s: %s", cid, exc)
+                to_sync.append(cid)
         for cid, definition in wanted.items():
-            if cid not in existing:
-                await self._create_and_start(definition)
+            if cid not in existing and await self._create(definition):
+                to_sync.append(cid)
         self._from_dir = set(wanted)
-        self._restored.set()
+        limit = anyio.Semaphore(32)
+        async with anyio.create_task_group() as tg:
+            for cid in to_sync:
+                tg.start_soon(self._first_sync, cid, limit)
 
-    async def _adopt(self, container: Container, definition: ContainerDefinition) -> None:
-        cid = container.id
+    async def _first_sync(self, cid: str, limit: anyio.Semaphore) -> None:
+        async with limit:
+            await self._sync_and_report(cid)
+
+    async def _sync_and_report(self, cid: str) -> str | None:
+        """Sync now; a failure is logged and left to the scheduler to retry.
+        Returns why the container could not be started, if it could not."""
         try:
-            state = await self.client.process_state(cid)
-        except NotFound:
-            state = None
-        if state is not None and state.status is TaskStatus.CREATED:
-            # Created but never started: a daemon died between the two.
-            await (await container.task()).force_delete()
-            state = None
-        if state is None:
-            await self._adopt_without_task(container)
-            return
-        if state.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING):
-            io = FifoIO.attach(state.stdout, state.stderr) if state.stdout else None
-            task = await container.task(io)
-            self._tasks[cid] = task
-            if io is not None:
-                self._pump(cid, io)
-            log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
-        # A stopped task: the pipeline reported its exit; _on_exit applies the policy.
+            with anyio.fail_after(OPERATION_TIMEOUT):
+                at = await self.sync(cid)
+        except EXPECTED as exc:
+            if not isinstance(exc, Unavailable):
+                log.warning("sync of %s failed (%s); retrying", cid, exc)
+            self.scheduler.request(cid, time.time() + 0.2)
+            return f"{cid}: {exc}"
+        if at is not None:
+            self.scheduler.request(cid, at)
+        return self.start_errors.pop(cid, None)
 
-    async def _adopt_without_task(self, container: Container) -> None:
-        cid = container.id
-        labels = container.info.labels
-        state = RestartState.from_labels(labels)
-        restart_policy = policy(labels)
-        started = timestamp(labels.get(STARTED_AT))
-        finished = timestamp(labels.get(FINISHED_AT))
-        if started is not None and (finished is None or finished < started):
-            # It was running when a daemon died before recording its end (or
-            # before starting its replacement): an exit with unknown status, as
-            # Docker counts it, and the policy decides.
-            decision = decide(restart_policy, state, 255, 0.0)
-            await container.update_labels(
-                {**decision.state.to_labels(), EXIT_CODE: "255",
-                 FINISHED_AT: datetime.now(UTC).isoformat()}
-            )  # fmt: skip
-            log.info("container %s ended while no daemon watched: %s", cid, decision.reason)
-            restart = decision.restart
-        else:
-            restart = restart_on_daemon_start(restart_policy, state)
-        if restart:
-            log.info("container %s was stopped; its policy starts it again", cid)
-            try:
-                with anyio.fail_after(OPERATION_TIMEOUT):
-                    await self._start(container)
-            except (SupervisorError, TimeoutError) as exc:
-                log.error("cannot start %s: %s", cid, exc)
+    async def _sweep_fifo_dirs(self) -> None:
+        """FIFO directories no task uses any more (a daemon died before
+        removing them) go at start."""
+        base = self.config.fifo_dir
+        if not base.is_dir():
+            return
+        used = {
+            Path(p).parent
+            for t in await self.client.list_tasks()
+            for p in (t.stdout, t.stderr)
+            if p
+        }
+        for entry in base.iterdir():
+            if entry not in used and entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
@@ -304,16 +384,22 @@ class Daemon:
         for cid, definition in sorted(wanted.items()):
             current = self.definitions.get(cid)
             if current is None:
-                if await self._create_and_start(definition, source):
+                if await self._create(definition, source):
                     result.created.append(cid)
+                    error = await self._sync_and_report(cid)
+                    if error:
+                        result.errors.append(error)
             elif current.definition_hash() != definition.definition_hash():
                 log.info("definition of %s changed: replacing it", cid)
                 await self._stop(cid, remove=True)
-                if await self._create_and_start(definition, source):
+                if await self._create(definition, source):
                     result.replaced.append(cid)
+                    error = await self._sync_and_report(cid)
+                    if error:
+                        result.errors.append(error)
             if own:
                 self._from_dir.add(cid)
-        result.errors = list(self.load_errors)
+        result.errors[:0] = self.load_errors
         return result
 
     # -- containers --------------------------------------------------------------
@@ -335,33 +421,205 @@ class Daemon:
             **RestartState().to_labels(),
         }
 
-    async def _create_and_start(
-        self, definition: ContainerDefinition, source: str = "definitions"
-    ) -> bool:
+    async def _create(self, definition: ContainerDefinition, source: str = "definitions") -> bool:
+        """Create a definition's container with its start pending: the first
+        sync starts it (also when this daemon dies before it can)."""
+        labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
                 async with self._lock(definition.id):
-                    container = await self.client.create_container(
-                        definition.id, definition.spec(), labels=self._labels(definition, source)
+                    await self.client.create_container(
+                        definition.id, definition.spec(), labels=labels
                     )
                     self.definitions[definition.id] = definition
-                    await self._start(container)
         except (SupervisorError, TimeoutError) as exc:
-            log.error("cannot run %s (%s): %s", definition.id, definition.source, exc)
+            log.error("cannot create %s (%s): %s", definition.id, definition.source, exc)
             self.load_errors.append(f"{definition.source}: {exc}")
             return False
         return True
 
-    async def _start(self, container: Container, *, stdin: bool = False) -> Task:
+    def _lock(self, cid: str) -> anyio.Lock:
+        lock = self._locks.get(cid)
+        if lock is None:
+            lock = self._locks[cid] = anyio.Lock()
+        return lock
+
+    # -- sync: the level-triggered core -------------------------------------------
+
+    async def sync(self, cid: str) -> float | None:
+        """Take container ``cid`` toward its policy, from what containerd says
+        now. Returns the epoch time it wants to run again, or None."""
+        if self._stopping or cid not in self.definitions:
+            return None
+        async with self._lock(cid):
+            if self._stopping or cid not in self.definitions:
+                return None
+            return await self._sync_locked(cid)
+
+    async def _sync_locked(self, cid: str, *, allow_start: bool = True) -> float | None:
+        first = cid not in self._synced
+        for _ in range(MAX_STEPS):
+            try:
+                container = await self.client.load_container(cid)
+            except NotFound:
+                self.forget(cid)
+                return None
+            await self._record_ooms(container)
+            try:
+                state: ProcessState | None = await self.client.process_state(cid)
+            except NotFound:
+                state = None
+            step = plan(_view(state), container.info.labels, time.time(), first=first)
+            self._seen[cid] = _fingerprint(state)
+            act = step.act
+            if act is Act.NOTHING or act is Act.ADOPT:
+                if state is not None and act is Act.ADOPT:
+                    await self._ensure_pumped(container, state)
+                self._synced.add(cid)
+                return None
+            if act is Act.WAIT:
+                self._synced.add(cid)
+                return step.at
+            if act is Act.RECORD_EXIT:
+                await container.update_labels(step.labels, remove=step.remove)
+                log.info("container %s %s", cid, step.reason)
+                self._exited(cid, step.exit_code)
+            elif act is Act.DELETE_TASK or act is Act.DISCARD_CREATED:
+                assert state is not None
+                await self._delete_task(container, state, drain=act is Act.DELETE_TASK)
+            elif act is Act.START:
+                if not allow_start:
+                    return None
+                await self._start_step(container)
+            elif act is Act.REMOVE:
+                await container.delete()
+                self.forget(cid)
+                return None
+            else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
+                await container.update_labels(step.labels, remove=step.remove)
+                if act is Act.SCHEDULE_START:
+                    log.info("container %s: %s", cid, step.reason)
+                elif act is Act.MARK_STARTED and state is not None:
+                    await self._ensure_pumped(container, state)
+        log.warning("container %s did not settle in %d steps; syncing again", cid, MAX_STEPS)
+        return time.time() + 1.0
+
+    async def _record_ooms(self, container: Container) -> None:
+        count = self._oom_pending.pop(container.id, 0)
+        if not count:
+            return
+        state = lenient_state(container.info.labels)
+        for _ in range(count):
+            state = record_oom(state)
+        try:
+            await container.update_labels(state.to_labels())
+        except BaseException:
+            self._oom_pending[container.id] = self._oom_pending.get(container.id, 0) + count
+            raise
+        log.warning("container %s: out of memory (kill %d)", container.id, state.oom_kills)
+
+    def _exited(self, cid: str, code: int | None) -> None:
+        if code is not None:
+            self.last_exit[cid] = code
+        for waiter in self._exits.pop(cid, []):
+            waiter.set()
+
+    async def _delete_task(self, container: Container, state: ProcessState, *, drain: bool) -> None:
+        cid = container.id
+        task = self._tasks.get(cid)
+        if task is not None and task.pid == state.pid:
+            drained = self._drained.get(cid)
+            if drain and drained is not None:
+                with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
+                    await drained.wait()  # the tail of its output, before the FIFOs go
+        else:
+            task = await container.task()
+        try:
+            if drain:
+                await task.delete()
+            else:
+                await task.force_delete()
+        except NotFound:
+            pass
+        if self._tasks.get(cid) is task:
+            del self._tasks[cid]
+        self._remove_fifo_dir(state)
+
+    def _remove_fifo_dir(self, state: ProcessState) -> None:
+        """A task deleted through a handle that did not make its FIFOs (one from
+        before a restart of the daemon) leaves their directory: remove it."""
+        for path in (state.stdout, state.stderr):
+            if not path:
+                continue
+            directory = Path(path).parent
+            if directory.parent == self.config.fifo_dir and not directory.is_symlink():
+                shutil.rmtree(directory, ignore_errors=True)
+
+    async def _ensure_pumped(self, container: Container, state: ProcessState) -> None:
+        """A running task's output is logged: reattach to its FIFOs when this
+        daemon did not start it."""
+        cid = container.id
+        current = self._tasks.get(cid)
+        if current is not None and current.pid == state.pid:
+            return
+        io: ProcessIO = NullIO()
+        if state.stdout and Path(state.stdout).parent.parent == self.config.fifo_dir:
+            try:
+                io = FifoIO.attach(state.stdout, state.stderr, terminal=state.terminal)
+            except OSError as exc:
+                log.warning("container %s: cannot reattach its output (%s)", cid, exc)
+        if current is not None:
+            self._closing_io(current.io)  # a task that is gone
+        self._tasks[cid] = Task(container, state.pid, io)
+        if isinstance(io, FifoIO):
+            self._pump(cid, io)
+        if not self._stopping:
+            log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
+
+    async def _start_step(self, container: Container) -> None:
+        """A due start. A failure containerd will not get over by itself (a
+        missing binary, a bad rootfs) counts as an exit with code 128 for the
+        policy, as Docker counts it; any other is retried as it is."""
+        cid = container.id
+        try:
+            await self._start_task(container)
+        except _TRANSIENT:
+            raise
+        except SupervisorError as exc:
+            labels = (await container.refresh()).labels
+            step = record_exit(
+                labels, START_FAILED_EXIT, time.time(), labels.get(STARTED_PID, "0"),
+                "could not start; ",
+            )  # fmt: skip
+            await container.update_labels(step.labels, remove=step.remove)
+            log.error("cannot start %s: %s; %s", cid, exc, step.reason)
+            self.start_errors[cid] = f"{cid}: {exc}"
+            self._exited(cid, step.exit_code)
+
+    async def _start_task(self, container: Container, *, stdin: bool = False) -> Task:
+        """Create and start a task whose output is logged, and record the start.
+        A task that was created but could not start is discarded."""
         cid = container.id
         definition = self.definitions.get(cid)
         terminal = definition.terminal if definition else False
         io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
         task = await container.new_task(io)
-        self._pump(cid, io)
-        await task.start()
         self._tasks[cid] = task
-        await container.update_labels({STARTED_AT: f"{time.time():.6f}"})
+        self._pump(cid, io)
+        try:
+            pid = await task.start()
+        except _TRANSIENT:
+            raise  # the next sync discards the created task
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError, TimeoutError):
+                await task.force_delete()
+            if self._tasks.get(cid) is task:
+                del self._tasks[cid]
+            raise
+        await container.update_labels(
+            {STARTED_AT: f"{time.time():.6f}", STARTED_PID: str(pid)},
+            remove=(NEXT_START, EXIT_PID),
+        )
         return task
 
     def _pump(self, cid: str, io: FifoIO) -> None:
@@ -384,11 +642,37 @@ class Daemon:
         """Drop what the daemon holds for a container that is gone."""
         self.definitions.pop(cid, None)
         self._from_dir.discard(cid)
+        self._seen.pop(cid, None)
+        self._synced.discard(cid)
+        self._oom_pending.pop(cid, None)
+        self.scheduler.forget(cid)
+        task = self._tasks.pop(cid, None)
+        if task is not None:
+            self._closing_io(task.io)  # the task is gone: release the read ends
         journal = self._logs.pop(cid, None)
         if journal is not None:
             journal.close()
         for listener in self.output_listeners.pop(cid, set()):
             listener.close()
+        self._exited(cid, None)
+
+    def _closing_io(self, io: ProcessIO) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(io.aclose)
+
+    # -- the backend -------------------------------------------------------------
+
+    async def process_event(self, container_id: str, event_type: EventType, event: Event) -> None:
+        publish(self.event_listeners, (container_id, event_type, event))
+        if container_id not in self.definitions:
+            return
+        if event_type is EventType.OOM:
+            self._oom_pending[container_id] = self._oom_pending.get(container_id, 0) + 1
+            self.scheduler.request(container_id)
+        elif event_type is EventType.EXIT and isinstance(event, TaskExit) and event.exec_id is None:
+            self.scheduler.request(container_id)
+
+    # -- operations for the control API --------------------------------------------
 
     def is_running(self, cid: str) -> bool:
         """Whether the daemon pumps a live task's output for this container."""
@@ -396,7 +680,7 @@ class Daemon:
         return cid in self._tasks and drained is not None and not drained.is_set()
 
     def exit_waiter(self, cid: str) -> anyio.Event:
-        """An event set at the container's next exit (after the policy ran)."""
+        """An event set at the container's next exit (once recorded), or when it goes."""
         waiter = anyio.Event()
         self._exits.setdefault(cid, []).append(waiter)
         return waiter
@@ -405,26 +689,60 @@ class Daemon:
         self, definition: ContainerDefinition, *, remove: bool, stdin: bool
     ) -> FifoIO:
         """Create and start a container for the control API; returns its IO."""
+        cid = definition.id
         labels = self._labels(definition, source="api")
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
         with anyio.fail_after(OPERATION_TIMEOUT):
-            async with self._lock(definition.id):
+            async with self._lock(cid):
                 container = await self.client.create_container(
-                    definition.id, definition.spec(), labels=labels
+                    cid, definition.spec(), labels=labels
                 )
-                self.definitions[definition.id] = definition
+                self.definitions[cid] = definition
                 try:
-                    task = await self._start(container, stdin=stdin)
+                    task = await self._start_task(container, stdin=stdin)
                 except BaseException:
-                    self.definitions.pop(definition.id, None)
+                    self.definitions.pop(cid, None)
                     with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
                         with contextlib.suppress(NotFound):
                             await (await container.task()).force_delete()
                         await container.delete()
                     raise
+        self.scheduler.request(cid)
         assert isinstance(task.io, FifoIO)
         return task.io
+
+    async def start_container(self, cid: str) -> None:
+        """An operator's start: clears a manual stop and the restart history."""
+        with anyio.fail_after(OPERATION_TIMEOUT * 2):
+            async with self._lock(cid):
+                await self._sync_locked(cid, allow_start=False)  # settle an ended task
+                with contextlib.suppress(NotFound):
+                    state = await self.client.process_state(cid)
+                    if state.status in _LIVE or state.status is TaskStatus.CREATED:
+                        raise FailedPrecondition(
+                            f"container {cid} is already {state.status.value}"
+                        )
+                container = await self.client.load_container(cid)
+                started = manual_start(lenient_state(container.info.labels)).to_labels()
+                await container.update_labels({**started, NEXT_START: f"{time.time():.6f}"})
+                self.start_errors.pop(cid, None)
+                await self._sync_locked(cid)
+        error = self.start_errors.pop(cid, None)
+        if error:
+            raise FailedPrecondition(f"cannot start {error}")
+
+    async def kill_container(self, cid: str, signum: int, *, manual: bool) -> None:
+        """Send ``signum`` to every process of the container; ``manual`` marks
+        it a stop the policy will not undo."""
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            async with self._lock(cid):
+                container = await self.client.load_container(cid)
+                if manual:
+                    await container.update_labels(
+                        manual_stop(lenient_state(container.info.labels)).to_labels()
+                    )
+                await (await container.task()).kill(signum, all=True)
 
     async def stop_container(self, cid: str, *, grace: float | None = None) -> None:
         """A manual stop: signal, ``grace`` seconds (default: the container's
@@ -435,11 +753,8 @@ class Daemon:
         """Stop (if running) and delete a container, and forget it."""
         await self._stop(cid, remove=True, quiet=False)
 
-    def _lock(self, cid: str) -> anyio.Lock:
-        lock = self._locks.get(cid)
-        if lock is None:
-            lock = self._locks[cid] = anyio.Lock()
-        return lock
+    async def _shutdown_stop(self, cid: str) -> None:
+        await self._stop(cid, remove=False, manual=False)
 
     async def _stop(
         self,
@@ -453,7 +768,6 @@ class Daemon:
         """Stop a container on our own account (signal, timeout, SIGKILL);
         with ``remove``, delete it too. ``manual``: the policy must not undo it.
         Errors are logged, or with ``quiet=False`` raised to the caller."""
-        self._busy.add(cid)
         try:
             with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
                 async with self._lock(cid):
@@ -462,8 +776,6 @@ class Daemon:
             if not quiet:
                 raise
             log.error("cannot stop %s: %s", cid, exc)
-        finally:
-            self._busy.discard(cid)
 
     async def _stop_locked(
         self, cid: str, *, remove: bool, grace: float | None, manual: bool
@@ -471,131 +783,58 @@ class Daemon:
         try:
             container = await self.client.load_container(cid)
         except NotFound:
+            self.forget(cid)
             return
         labels = container.info.labels
         if manual:
-            await container.update_labels(manual_stop(RestartState.from_labels(labels)).to_labels())
-        task = self._tasks.pop(cid, None)
-        if task is None:
-            with contextlib.suppress(NotFound):
-                task = await container.task()
-        if task is not None:
+            # The intent first: whatever happens next, no policy restarts it.
+            await container.update_labels(manual_stop(lenient_state(labels)).to_labels())
+        try:
+            state: ProcessState | None = await self.client.process_state(cid)
+        except NotFound:
+            state = None
+        if state is not None and state.status is not TaskStatus.STOPPED:
+            task = await container.task()
             code = await _stop_task(task, labels, grace)
-            self.last_exit[cid] = code
-            for waiter in self._exits.pop(cid, []):
-                waiter.set()
-            if not remove:
-                finished = datetime.now(UTC).isoformat()
-                await container.update_labels({EXIT_CODE: str(code), FINISHED_AT: finished})
-        if remove:
+            if not manual and not remove:
+                # A stop by the daemon's shutdown: recorded, not a policy decision
+                # (the next daemon starts it again if its policy says so).
+                await container.update_labels(
+                    {
+                        EXIT_CODE: str(code),
+                        EXIT_PID: str(state.pid),
+                        FINISHED_AT: datetime.now(UTC).isoformat(),
+                    },
+                    remove=(NEXT_START,),
+                )
+        await self._sync_locked(cid, allow_start=False)  # record the exit, delete the task
+        if remove and cid in self.definitions:
+            try:
+                container = await self.client.load_container(cid)
+            except NotFound:
+                self.forget(cid)
+                return
+            with contextlib.suppress(NotFound):
+                await (await container.task()).force_delete()  # a start raced us
             await container.delete()
             self.forget(cid)
 
-    # -- the backend -------------------------------------------------------------
 
-    async def process_event(self, container_id: str, event_type: EventType, event: Event) -> None:
-        publish(self.event_listeners, (container_id, event_type, event))
-        await self._restored.wait()
-        if container_id not in self.definitions or container_id in self._busy:
-            return
-        if event_type is EventType.OOM:
-            container = await self.client.load_container(container_id)
-            state = record_oom(RestartState.from_labels(container.info.labels))
-            await container.update_labels(state.to_labels())
-            log.warning("container %s: out of memory (kill %d)", container_id, state.oom_kills)
-        elif event_type is EventType.EXIT and isinstance(event, TaskExit) and event.exec_id is None:
-            await self._on_exit(container_id, event)
-
-    async def _on_exit(self, cid: str, event: TaskExit) -> None:
-        """Apply the restart policy. Nothing changes before the backoff delay is
-        over, so a daemon stopped meanwhile leaves the stopped task for the next
-        one, which decides the same way."""
-        if self._stopping:
-            return
-        try:
-            container = await self.client.load_container(cid)
-        except NotFound:
-            return
-        current = self._tasks.get(cid)
-        if current is None:
-            with contextlib.suppress(NotFound):
-                current = await container.task()
-        if current is not None and current.pid != event.pid:
-            return  # the exit of a task this container had before its current one
-        labels = container.info.labels
-        ended = event.exited_at.timestamp() if event.exited_at else time.time()
-        ran_for = max(0.0, ended - float(labels.get(STARTED_AT, ended)))
-        decision = decide(policy(labels), RestartState.from_labels(labels), event.exit_status,
-                          ran_for)  # fmt: skip
-        log.info("container %s exited with %d: %s", cid, event.exit_status, decision.reason)
-        if decision.restart:
-            await anyio.sleep(decision.delay)
-        async with self._lock(cid):
-            if self._stopping or cid in self._busy or cid not in self.definitions:
-                return
-            await self._after_exit(container, event, decision, current, ended)
-
-    async def _after_exit(
-        self, container: Container, event: TaskExit, decision: Any, current: Task | None,
-        ended: float,
-    ) -> None:  # fmt: skip
-        cid = container.id
-        # Whatever happened during the backoff (a stop, a replace, an operator's
-        # start) wins: act only if the stopped task is still this container's.
-        try:
-            await container.refresh()
-            now = await self.client.process_state(cid)
-        except NotFound:
-            return
-        if now.pid != event.pid:
-            return
-        state_now = RestartState.from_labels(container.info.labels)
-        if decision.restart and state_now.manually_stopped:
-            decision = decide(RestartPolicy.parse("no"), state_now, event.exit_status, 0.0)
-        drained = self._drained.pop(cid, None)
-        if drained is not None:
-            with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
-                await drained.wait()  # the tail of its output, before the FIFOs go
-        task = self._tasks.pop(cid, None) or current
-        if task is not None:
-            with contextlib.suppress(NotFound):
-                await task.delete()
-        await container.update_labels(
-            {
-                **decision.state.to_labels(),
-                EXIT_CODE: str(event.exit_status),
-                FINISHED_AT: datetime.fromtimestamp(ended, UTC).isoformat(),
-            }
-        )
-        self.last_exit[cid] = event.exit_status
-        for waiter in self._exits.pop(cid, []):
-            waiter.set()
-        if not decision.restart:
-            if container.info.labels.get(REMOVE_ON_EXIT) == "true":
-                with contextlib.suppress(NotFound):
-                    await container.delete()
-                self.forget(cid)
-            return
-        try:
-            with anyio.fail_after(OPERATION_TIMEOUT):
-                await self._start(container)
-        except (SupervisorError, TimeoutError) as exc:
-            log.error("cannot restart %s: %s", cid, exc)
-
-
-async def _stop_task(task: Task, labels: Mapping[str, str], grace: float | None) -> int:
-    signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
-    timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
-    state = await task.status()
-    if state.status is not TaskStatus.STOPPED:
-        with contextlib.suppress(NotFound):
-            await task.kill(signum)
-        with anyio.move_on_after(timeout) as waited:
-            await task.wait()
-        if waited.cancelled_caught:
-            log.warning("container %s ignored signal %d for %gs; SIGKILL",
-                        task.container_id, signum, timeout)  # fmt: skip
+async def _stop_task(task: Task, labels: Any, grace: float | None) -> int:
+    """The stop signal, ``grace`` seconds, then SIGKILL to all; the exit code."""
     try:
-        return (await task.force_delete()).code
-    except NotFound:
-        return 255
+        signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
+        timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
+    except ValueError:
+        signum, timeout = int(signal.SIGTERM), 10.0
+    with contextlib.suppress(NotFound, FailedPrecondition):
+        await task.kill(signum)
+    with anyio.move_on_after(timeout) as waited:
+        return (await task.wait()).code
+    if waited.cancelled_caught:
+        log.warning("container %s ignored signal %d for %gs; SIGKILL",
+                    task.container_id, signum, timeout)  # fmt: skip
+    with contextlib.suppress(NotFound, FailedPrecondition):
+        await task.kill(signal.SIGKILL, all=True)
+    with anyio.fail_after(10):
+        return (await task.wait()).code

@@ -21,6 +21,11 @@ STOP_TIMEOUT = PREFIX + "stop-timeout"
 STARTED_AT = PREFIX + "started-at"
 FINISHED_AT = PREFIX + "finished-at"
 EXIT_CODE = PREFIX + "exit-code"
+#: The pid of the task whose start was recorded last, and of the last recorded exit.
+STARTED_PID = PREFIX + "started-pid"
+EXIT_PID = PREFIX + "exit-pid"
+#: When the decided (re)start is due, in epoch seconds; absent when none is pending.
+NEXT_START = PREFIX + "next-start"
 LOG_PATH = PREFIX + "log-path"
 SOURCE = PREFIX + "source"
 COMMAND = PREFIX + "command"

@@ -237,7 +237,11 @@ async def test_task_gone_while_down_is_an_unknown_exit(dirs: DaemonDirs) -> None
     async with Client(dirs.address, dirs.namespace) as client:
         flaky = await labels(client, "flaky")
         assert (flaky[PREFIX + "exit-code"], flaky[PREFIX + "restart-count"]) == ("255", "1")
-        assert await pid_of(client, "flaky") is not None
+
+        async def flaky_runs() -> bool:  # after its backoff (0.1 s)
+            return await pid_of(client, "flaky") is not None
+
+        await until(flaky_runs)
         calm = await labels(client, "calm")
         assert (calm[PREFIX + "exit-code"], calm[PREFIX + "restart-count"]) == ("255", "0")
         assert await pid_of(client, "calm") is None
