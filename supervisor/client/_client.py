@@ -18,6 +18,7 @@ from .._proto.containerd.services.version import v1 as version_pb
 from .._proto.google.protobuf import Empty, FieldMask
 from .._proto.grpc.health import v1 as health_pb
 from ..errors import (
+    AlreadyExists,
     ContainerdError,
     FailedPrecondition,
     InvalidArgument,
@@ -364,12 +365,13 @@ class Container:
             )
             # Interrupting Create leaves containerd half-way (a bundle, maybe a
             # shim), so it runs to its end; a cancellation is honoured after.
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.fail_after(CREATE_TIMEOUT),
-                map_errors(f"create task {self.id}"),
-            ):
-                reply = await self.client._tasks_stub.create(request)
+            with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_TIMEOUT):
+                try:
+                    reply = await self._create_task(request)
+                except AlreadyExists:
+                    if not await self._clear_ghost_task():
+                        raise
+                    reply = await self._create_task(request)
             created = True
             await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
@@ -380,6 +382,28 @@ class Container:
             raise
         io.process_ready()
         return Task(self, reply.pid, io)
+
+    async def _create_task(self, request: tasks_pb.CreateTaskRequest) -> Any:
+        with map_errors(f"create task {self.id}"):
+            return await self.client._tasks_stub.create(request)
+
+    async def _clear_ghost_task(self) -> bool:
+        """Whether a task that containerd cannot show but will not replace was
+        cleared. A containerd killed in the middle of creating a task comes
+        back with its bundle and shim but without the task: Get says NotFound
+        and Create AlreadyExists, for ever. Delete still reaches the bundle: it
+        stops that shim and removes the bundle."""
+        try:
+            with map_errors(f"get task {self.id}"):
+                await self.client._tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
+        except NotFound:
+            pass
+        else:
+            return False  # a task containerd knows: the caller decides about it
+        log.warning("container %s: clearing a task containerd lost (it died mid-create)", self.id)
+        with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
+            await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
+        return True
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.

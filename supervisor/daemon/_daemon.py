@@ -91,6 +91,8 @@ RELIST_INTERVAL = 1.0
 MAX_STEPS = 10
 #: Errors that leave a start to be retried as it is (no exit recorded).
 _TRANSIENT = (Unavailable, TimeoutError, OSError, AlreadyExists, NotFound)
+#: How containerd 1.6 says a task bundle without a shim blocks a Create.
+_DEAD_BUNDLE = "failed to start shim: mkdir"
 _LIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
 
 
@@ -493,6 +495,7 @@ class Daemon:
                 await self._start_step(container)
             elif act is Act.REMOVE:
                 await container.delete()
+                _remove_empty_cgroups(container.info.spec)
                 self.forget(cid)
                 return None
             else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
@@ -586,6 +589,15 @@ class Daemon:
         except _TRANSIENT:
             raise
         except SupervisorError as exc:
+            if _DEAD_BUNDLE in str(exc):
+                # A bundle a killed containerd left without a shim: containerd
+                # will never clear it (see ManagedContainerd.sweep_task_dirs).
+                if self.managed is not None and self.managed.clear_dead_bundle(
+                    self.client.namespace, cid
+                ):
+                    raise Unavailable(f"cleared a dead task bundle of {cid}") from exc
+                log.error("cannot start %s: containerd keeps a dead task bundle for it (%s); "
+                          "remove that directory while no shim serves it", cid, exc)  # fmt: skip
             labels = (await container.refresh()).labels
             step = record_exit(
                 labels, START_FAILED_EXIT, time.time(), labels.get(STARTED_PID, "0"),
@@ -817,7 +829,21 @@ class Daemon:
             with contextlib.suppress(NotFound):
                 await (await container.task()).force_delete()  # a start raced us
             await container.delete()
+            _remove_empty_cgroups(container.info.spec)
             self.forget(cid)
+
+
+def _remove_empty_cgroups(spec: dict[str, Any]) -> None:
+    """rmdir the container's cgroups where runc left them empty (a task lost
+    by a killed containerd and deleted later leaves them); never recursive."""
+    path = str((spec.get("linux") or {}).get("cgroupsPath") or "")
+    if not path.startswith("/") or ".." in path.split("/"):
+        return
+    root = Path("/sys/fs/cgroup")
+    with contextlib.suppress(OSError):
+        for base in [root, *root.iterdir()]:
+            with contextlib.suppress(OSError):
+                (base / path.lstrip("/")).rmdir()
 
 
 async def _stop_task(task: Task, labels: Any, grace: float | None) -> int:

@@ -103,22 +103,21 @@ class SyncScheduler:
         try:
             with anyio.fail_after(SYNC_TIMEOUT):
                 at = await self._sync(cid)
-        except EXPECTED as exc:
+        except Exception as exc:
             self.errors += 1
             failures = self._failures[cid] = self._failures.get(cid, 0) + 1
             delay = min(RETRY_MIN * 2 ** (failures - 1), RETRY_MAX)
             message = f"{type(exc).__name__}: {exc}"
-            # containerd being away is logged once by whoever sees it first;
-            # other faults once per container until they change or clear.
-            if not isinstance(exc, Unavailable) and self._last_error.get(cid) != message:
+            if not isinstance(exc, EXPECTED):
+                log.exception("sync of %s failed unexpectedly; retrying in %gs", cid, delay)
+                self._last_error[cid] = message
+            elif not isinstance(exc, Unavailable) and self._last_error.get(cid) != message:
+                # containerd being away is logged once by whoever sees it first;
+                # other faults once per container until they change or clear.
                 log.warning("sync of %s failed (%s); retrying every %gs at most", cid,
                             message, RETRY_MAX)  # fmt: skip
-            self._last_error[cid] = message
+                self._last_error[cid] = message
             at = time.time() + delay
-        except Exception:
-            self.errors += 1
-            log.exception("sync of %s failed unexpectedly; retrying in %gs", cid, RETRY_MAX)
-            at = time.time() + RETRY_MAX
         else:
             self._failures.pop(cid, None)
             if self._last_error.pop(cid, None) is not None:

@@ -139,6 +139,29 @@ def namespace_leftovers(namespace: str) -> list[Path]:
     return found
 
 
+def namespace_processes(namespace: str) -> list[int]:
+    """Pids of runc v2 shims serving ``namespace`` and of processes left in
+    its containers' cgroups (e.g. a ``runc init`` whose task was lost)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"containerd-shim-runc-v2"):
+            for i, arg in enumerate(args[:-1]):
+                if arg == b"-namespace" and args[i + 1] == namespace.encode():
+                    found.add(int(entry.name))
+    pids_root = CGROUP_ROOT / "pids" / namespace
+    if pids_root.is_dir():
+        for procs in pids_root.glob("*/cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(p) for p in procs.read_text().split())
+    return sorted(found)
+
+
 def remove_namespace_dirs(namespace: str) -> None:
     """Remove the per-namespace cgroup parents and runc root left once every
     container of ``namespace`` is gone (runc never removes them)."""

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from supervisor import Client, NotFound
@@ -18,9 +19,14 @@ from supervisor.testing import (
     ContainerdProcess,
     busybox_rootfs,
     namespace_leftovers,
+    namespace_processes,
     remove_namespace_dirs,
     start_containerd,
 )
+
+
+#: How long a shim may take to exit once its last task is deleted.
+SHIM_EXIT_TIMEOUT = 3.0
 
 
 def _missing() -> str | None:
@@ -78,6 +84,10 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
         for entry in fifo_dir.iterdir():
             leaks.append(f"fifo dir {entry}")
             shutil.rmtree(entry, ignore_errors=True)
+    with anyio.move_on_after(SHIM_EXIT_TIMEOUT):
+        while namespace_processes(client.namespace):  # a shim exits just after Delete
+            await anyio.sleep(0.05)
+    leaks += [f"process {p} (shim or in a cgroup)" for p in namespace_processes(client.namespace)]
     leaks += [f"cgroup or runc state {p}" for p in namespace_leftovers(client.namespace)]
     bundles = containerd.task_state_dir(client.namespace)
     if bundles.is_dir():
