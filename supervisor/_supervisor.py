@@ -25,7 +25,8 @@ class Supervisor:
 
     Entering waits until the event stream is live and the first reconcile is
     done (at most ``connect_timeout`` seconds, else ``Unavailable``; ``None``
-    to not wait). Leaving stops reading events, gives queued events up to 5 s
+    to not wait). ``containerd_state`` is handed to the :class:`Client`.
+    Leaving stops reading events, gives queued events up to 5 s
     to reach the backend, and closes the connection.
     """
 
@@ -39,8 +40,11 @@ class Supervisor:
         max_queued: int = DEFAULT_MAX_QUEUED,
         report_stopped_on_start: bool = True,
         connect_timeout: float | None = CONNECT_TIMEOUT,
+        containerd_state: tuple[str, str] | None = None,
     ) -> None:
-        self.client = Client(address, namespace, fifo_dir=fifo_dir)
+        self.client = Client(
+            address, namespace, fifo_dir=fifo_dir, containerd_state=containerd_state
+        )
         self.pipeline = EventPipeline(
             self.client,
             backend,

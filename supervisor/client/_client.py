@@ -4,6 +4,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,6 +28,7 @@ from ..errors import (
     map_errors,
 )
 from . import _wire
+from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._tasks import Task
@@ -102,7 +104,11 @@ class Client:
             print(await client.version())
 
     ``fifo_dir`` is where :meth:`new_fifo_io` makes per-process FIFO
-    directories. Calls made after the client is closed raise ``RuntimeError``.
+    directories. ``containerd_state``, containerd's (state, root) directories
+    when the caller knows them, lets the client clear the task bundles a killed
+    containerd leaves and never clears itself, which otherwise block every new
+    task of that container (see :mod:`supervisor.client._bundles`). Calls made
+    after the client is closed raise ``RuntimeError``.
     """
 
     def __init__(
@@ -112,8 +118,12 @@ class Client:
         *,
         fifo_dir: str = DEFAULT_FIFO_DIR,
         runtime: str = DEFAULT_RUNTIME,
+        containerd_state: tuple[str, str] | None = None,
     ) -> None:
         self.address = _socket_path(address)
+        self.containerd_state = containerd_state
+        # Set once containerd was seen away: tasks may have been lost since.
+        self.outage_seen = False
         self.namespace = validate_id(namespace, "namespace")
         self.fifo_dir = fifo_dir
         self.runtime = runtime
@@ -173,6 +183,7 @@ class Client:
             try:
                 reply = await self._health.check(request, timeout=HEALTH_CHECK_TIMEOUT)
             except Exception:
+                self.outage_seen = True
                 return False
             serving: bool = reply.status == health_pb.HealthCheckResponseServingStatus.SERVING
             return serving
@@ -315,7 +326,13 @@ class Container:
         try:
             task = await self.task()
         except NotFound:
-            pass
+            if self.client.outage_seen:
+                # A task containerd lost while it died mid-create would keep
+                # its shim and bundle until containerd's next start.
+                with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
+                    await self.client._tasks_stub.delete(
+                        tasks_pb.DeleteTaskRequest(container_id=self.id)
+                    )
         else:
             state = await task.status()
             raise FailedPrecondition(
@@ -372,9 +389,15 @@ class Container:
                     if not await self._clear_ghost_task():
                         raise
                     reply = await self._create_task(request)
+                except ContainerdError as exc:
+                    if not self._clear_dead_bundle(exc):
+                        raise
+                    reply = await self._create_task(request)
             created = True
             await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
+            if isinstance(exc, Unavailable):
+                self.client.outage_seen = True
             with anyio.CancelScope(shield=True):
                 if created or isinstance(exc, Unavailable | TimeoutError):
                     await self._discard_task()
@@ -404,6 +427,20 @@ class Container:
         with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
         return True
+
+    def _clear_dead_bundle(self, exc: ContainerdError) -> bool:
+        state = self.client.containerd_state
+        if DEAD_BUNDLE_ERROR not in str(exc):
+            return False
+        if state is None:
+            log.error(
+                "container %s: containerd keeps a dead task bundle (%s); give the Client "
+                "containerd_state, or remove it by hand",
+                self.id,
+                exc,
+            )
+            return False
+        return clear_dead_bundle(Path(state[0]), Path(state[1]), self.client.namespace, self.id)
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.

@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 
 from ..client import Client
+from ..client._bundles import sweep_dead_bundles
 
 log = logging.getLogger("supervisor.containerd")
 
@@ -111,50 +112,14 @@ class ManagedContainerd:
             await self._spawn()
         await self._wait_serving()
 
+    def state_dirs(self) -> tuple[str, str]:
+        """Its state and root directories."""
+        return str(self.base / "state"), str(self.base / "root")
+
     def sweep_task_dirs(self) -> None:
         """Remove the task bundles a killed containerd leaves and never clears
-        itself; only while it is not running, and only in its own state dir.
-
-        containerd 1.6 has no API for these: a bundle made before its shim
-        started (no ``address`` file) fails every later Create of that id with
-        "mkdir ...: file exists", and ``.<id>`` (the first half of a bundle's
-        delete, a rename) makes the next delete of that id leave its bundle
-        behind. Neither holds a process. Bundles with a shim are left to
-        containerd, which loads them, and to Tasks.Delete.
-        """
-        for top in (self.base / "state", self.base / "root"):
-            tasks = top / "io.containerd.runtime.v2.task"
-            if not tasks.is_dir():
-                continue
-            for namespace in tasks.iterdir():
-                if namespace.is_dir() and not namespace.is_symlink():
-                    for bundle in namespace.iterdir():
-                        self._remove_dead_bundle(bundle)
-
-    def clear_dead_bundle(self, namespace: str, task_id: str) -> bool:
-        """Remove one id's shimless or half-deleted bundle (see
-        :meth:`sweep_task_dirs`); safe while containerd runs, as long as no
-        Create of that id is under way. Whether anything was removed."""
-        removed = False
-        for top in (self.base / "state", self.base / "root"):
-            tasks = top / "io.containerd.runtime.v2.task" / namespace
-            for name in (task_id, f".{task_id}"):
-                removed |= self._remove_dead_bundle(tasks / name)
-        return removed
-
-    def _remove_dead_bundle(self, bundle: Path) -> bool:
-        if not bundle.is_dir() or bundle.is_symlink():
-            return False
-        hidden = bundle.name.startswith(".")
-        in_state = bundle.parent.parent.parent.name == "state"
-        if not hidden and not (in_state and not (bundle / "address").exists()):
-            return False
-        if os.path.ismount(bundle / "rootfs"):
-            log.warning("leaving %s: its rootfs is still mounted", bundle)
-            return False
-        log.info("removing task bundle %s left by a killed containerd", bundle)
-        shutil.rmtree(bundle, ignore_errors=True)
-        return True
+        (see ``supervisor.client._bundles``); only while it is not running."""
+        sweep_dead_bundles(self.base / "state", self.base / "root")
 
     async def _spawn(self) -> None:
         self.sweep_task_dirs()

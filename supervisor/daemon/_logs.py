@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import threading
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ MAX_LINE = 16 * 1024
 """Longest ``log`` value in one record, in bytes; longer lines are split into partial records."""
 
 _STREAMS = frozenset({"stdout", "stderr"})
+
+log = logging.getLogger("supervisor.daemon")
 
 
 class RotatingJsonLog:
@@ -88,12 +91,19 @@ class RotatingJsonLog:
             self._append(records)
 
     def close(self) -> None:
-        """Flush unfinished lines and close the file; closing twice is harmless."""
+        """Flush unfinished lines and close the file; closing twice is harmless.
+        What cannot be written (a full disk) is logged and dropped."""
         if self._file.closed:
             return
-        self.flush_partial()
+        try:
+            self.flush_partial()
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.path, exc)
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.error("cannot write %s: %s", self.path, exc)
 
     def __enter__(self) -> RotatingJsonLog:
         return self

@@ -48,6 +48,8 @@ async def copy_logs(
                     if not failed:
                         failed = True
                         log.error("cannot write %s: %s", journal.path, exc)
+                except ValueError:
+                    pass  # closed: the container was removed while its last output came
                 publish(listeners, (when, stream, chunk))
 
     try:

@@ -185,6 +185,7 @@ class EventPipeline:
                 reason = f"our sync marker did not come back within {SYNC_TIMEOUT:.0f}s"
             except _STREAM_ERRORS as exc:
                 reason = str(exc) or type(exc).__name__
+            self.client.outage_seen = True
             if self._state is ConnectionState.CONNECTED:
                 first = False
                 self._lost_at = time.monotonic()

@@ -24,7 +24,6 @@ from supervisor.testing import (
     start_containerd,
 )
 
-
 #: How long a shim may take to exit once its last task is deleted.
 SHIM_EXIT_TIMEOUT = 3.0
 
@@ -85,7 +84,7 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
             leaks.append(f"fifo dir {entry}")
             shutil.rmtree(entry, ignore_errors=True)
     with anyio.move_on_after(SHIM_EXIT_TIMEOUT):
-        while namespace_processes(client.namespace):  # a shim exits just after Delete
+        while namespace_processes(client.namespace):  # noqa: ASYNC110 (a shim exits after Delete)
             await anyio.sleep(0.05)
     leaks += [f"process {p} (shim or in a cgroup)" for p in namespace_processes(client.namespace)]
     leaks += [f"cgroup or runc state {p}" for p in namespace_leftovers(client.namespace)]

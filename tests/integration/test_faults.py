@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -252,3 +253,43 @@ async def test_second_daemon_on_one_state_dir_refuses(dirs: DaemonDirs) -> None:
     assert len(lines) == 1 and "another supervisor daemon" in lines[0], lines
     assert str(first.pid) in lines[0]
     assert first.poll() is None
+
+
+async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> None:
+    """Logs on a 64 KiB tmpfs: a container that writes more still runs to its
+    end (its output is read and dropped, never left to block it), restarts go
+    on, and the daemon logs the failure in one line, no traceback."""
+    dirs.logs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(dirs.logs)], check=True)
+    try:
+        chatty = "i=0; while [ $i -lt 4000 ]; do echo line-$i-$(seq -s - 1 12); i=$((i+1)); done"
+        dirs.define("chatty", ["sh", "-c", f"{chatty}; exit 4"], restart="no")
+        dirs.define("ticker", ["sh", "-c", "echo tick; exit 1"], restart="on-failure:3")
+        daemon = dirs.start()
+        await dirs.message("READY=1")
+        async with Client(dirs.address, dirs.namespace) as client:
+
+            async def both_done() -> bool:
+                chatty_labels = await labels(client, "chatty")
+                ticker_labels = await labels(client, "ticker")
+                return (
+                    chatty_labels.get(PREFIX + "exit-code") == "4"
+                    and ticker_labels[COUNT] == "3"
+                    and PREFIX + "next-start" not in ticker_labels
+                    and ticker_labels.get(PREFIX + "exit-pid")
+                    == ticker_labels.get(PREFIX + "started-pid")
+                )
+
+            await until(both_done)
+        assert daemon.poll() is None
+        output = dirs.output()
+        assert "Traceback" not in output
+        # One line per run whose output could not be written (chatty's one
+        # run, ticker's four at most), each a single line.
+        failures = [line for line in output.splitlines() if "No space left on device" in line]
+        assert 1 <= len(failures) <= 5, output
+        assert all(line.startswith("ERROR supervisor.daemon: cannot write") for line in failures)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(dirs.logs)], check=False)

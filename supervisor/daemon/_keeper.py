@@ -1,0 +1,545 @@
+"""Each container kept toward its policy: the level-triggered sync, starts,
+stops, adoption of running tasks and the pumping of their output.
+
+:class:`Keeper` is the part of the daemon that acts on one container at a
+time, under that container's lock; :class:`~._daemon.Daemon` adds the
+service around it (containerd, definitions, signals, the control API).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._supervisor import Supervisor
+from ..client import (
+    Client,
+    Container,
+    FifoIO,
+    NullIO,
+    ProcessIO,
+    ProcessState,
+    Task,
+    TaskStatus,
+)
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    SupervisorError,
+    Unavailable,
+)
+from ._config import DaemonConfig
+from ._definitions import ContainerDefinition
+from ._labels import (
+    COMMAND,
+    EXIT_CODE,
+    EXIT_PID,
+    FINISHED_AT,
+    HASH,
+    LOG_PATH,
+    MANAGED,
+    NEXT_START,
+    POLICY,
+    REMOVE_ON_EXIT,
+    ROOTFS,
+    SOURCE,
+    STARTED_AT,
+    STARTED_PID,
+    STOP_SIGNAL,
+    STOP_TIMEOUT,
+)
+from ._logs import RotatingJsonLog
+from ._output import Listener, copy_logs
+from ._plan import START_FAILED_EXIT, Act, TaskView, lenient_state, plan, record_exit
+from ._policy import RestartState, manual_start, manual_stop, record_oom
+from ._scheduler import SyncScheduler
+
+log = logging.getLogger("supervisor.daemon")
+
+
+#: Bound on each container operation the daemon makes on its own.
+OPERATION_TIMEOUT = 30.0
+#: How long an exit waits for the rest of the process's output to be logged.
+LOG_DRAIN_TIMEOUT = 2.0
+#: How often every task is listed, to turn missed events into syncs (kubelet's PLEG).
+RELIST_INTERVAL = 1.0
+#: Steps one sync may take before it yields (a restart is at most five).
+MAX_STEPS = 10
+#: Errors that leave a start to be retried as it is (no exit recorded).
+_TRANSIENT = (Unavailable, TimeoutError, OSError, AlreadyExists, NotFound)
+_LIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
+
+
+class Keeper:
+    """Per-container state and steps; see the module docstring."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.definitions: dict[str, ContainerDefinition] = {}
+        self._tasks: dict[str, Task] = {}
+        self._logs: dict[str, RotatingJsonLog] = {}
+        self._drained: dict[str, anyio.Event] = {}  # set when a task's output hit EOF
+        self._from_dir: set[str] = set()  # ids the definitions directory owns
+        self.output_listeners: dict[str, set[Listener]] = {}
+        self._exits: dict[str, list[anyio.Event]] = {}
+        self.last_exit: dict[str, int] = {}
+        self._locks: dict[str, anyio.Lock] = {}  # one container's changes, one at a time
+        self._seen: dict[str, tuple[str, int] | None] = {}  # task as the last sync saw it
+        self._synced: set[str] = set()  # ids this daemon has synced once
+        self._oom_pending: dict[str, int] = {}
+        self.start_errors: dict[str, str] = {}
+        self.scheduler = SyncScheduler(self.sync)
+        self._stopping = False
+        self._sup: Supervisor | None = None
+        self._tg: TaskGroup | None = None
+
+    @property
+    def client(self) -> Client:
+        assert self._sup is not None
+        return self._sup.client
+
+    def _labels(
+        self, definition: ContainerDefinition, source: str = "definitions"
+    ) -> dict[str, str]:
+        return {
+            **definition.labels,
+            MANAGED: "true",
+            SOURCE: source,
+            COMMAND: json.dumps(list(definition.command)),
+            ROOTFS: str(definition.rootfs),
+            HASH: definition.definition_hash(),
+            POLICY: str(definition.restart),
+            STOP_SIGNAL: str(int(definition.stop_signal)),
+            STOP_TIMEOUT: str(definition.stop_timeout),
+            LOG_PATH: str(self.config.log_dir / f"{definition.id}.log"),
+            **RestartState().to_labels(),
+        }
+
+    def _lock(self, cid: str) -> anyio.Lock:
+        lock = self._locks.get(cid)
+        if lock is None:
+            lock = self._locks[cid] = anyio.Lock()
+        return lock
+
+    # -- sync: the level-triggered core -------------------------------------------
+
+    async def sync(self, cid: str) -> float | None:
+        """Take container ``cid`` toward its policy, from what containerd says
+        now. Returns the epoch time it wants to run again, or None."""
+        if self._stopping or cid not in self.definitions:
+            return None
+        async with self._lock(cid):
+            if self._stopping or cid not in self.definitions:
+                return None
+            return await self._sync_locked(cid)
+
+    async def _sync_locked(self, cid: str, *, allow_start: bool = True) -> float | None:
+        first = cid not in self._synced
+        for _ in range(MAX_STEPS):
+            try:
+                container = await self.client.load_container(cid)
+            except NotFound:
+                self.forget(cid)
+                return None
+            await self._record_ooms(container)
+            try:
+                state: ProcessState | None = await self.client.process_state(cid)
+            except NotFound:
+                state = None
+            step = plan(_view(state), container.info.labels, time.time(), first=first)
+            self._seen[cid] = fingerprint(state)
+            act = step.act
+            if act is Act.NOTHING or act is Act.ADOPT:
+                if state is not None and act is Act.ADOPT:
+                    await self._ensure_pumped(container, state)
+                self._synced.add(cid)
+                return None
+            if act is Act.WAIT:
+                self._synced.add(cid)
+                return step.at
+            if act is Act.RECORD_EXIT:
+                await container.update_labels(step.labels, remove=step.remove)
+                log.info("container %s %s", cid, step.reason)
+                self._exited(cid, step.exit_code)
+            elif act is Act.DELETE_TASK or act is Act.DISCARD_CREATED:
+                assert state is not None
+                await self._delete_task(container, state, drain=act is Act.DELETE_TASK)
+            elif act is Act.START:
+                if not allow_start:
+                    return None
+                await self._start_step(container)
+            elif act is Act.REMOVE:
+                await container.delete()
+                _remove_empty_cgroups(container.info.spec)
+                self.forget(cid)
+                return None
+            else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
+                await container.update_labels(step.labels, remove=step.remove)
+                if act is Act.SCHEDULE_START:
+                    log.info("container %s: %s", cid, step.reason)
+                elif act is Act.MARK_STARTED and state is not None:
+                    await self._ensure_pumped(container, state)
+        log.warning("container %s did not settle in %d steps; syncing again", cid, MAX_STEPS)
+        return time.time() + 1.0
+
+    async def _record_ooms(self, container: Container) -> None:
+        count = self._oom_pending.pop(container.id, 0)
+        if not count:
+            return
+        state = lenient_state(container.info.labels)
+        for _ in range(count):
+            state = record_oom(state)
+        try:
+            await container.update_labels(state.to_labels())
+        except BaseException:
+            self._oom_pending[container.id] = self._oom_pending.get(container.id, 0) + count
+            raise
+        log.warning("container %s: out of memory (kill %d)", container.id, state.oom_kills)
+
+    def _exited(self, cid: str, code: int | None) -> None:
+        if code is not None:
+            self.last_exit[cid] = code
+        for waiter in self._exits.pop(cid, []):
+            waiter.set()
+
+    async def _delete_task(self, container: Container, state: ProcessState, *, drain: bool) -> None:
+        cid = container.id
+        task = self._tasks.get(cid)
+        if task is not None and task.pid == state.pid:
+            drained = self._drained.get(cid)
+            if drain and drained is not None:
+                with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
+                    await drained.wait()  # the tail of its output, before the FIFOs go
+        else:
+            task = await container.task()
+        try:
+            if drain:
+                await task.delete()
+            else:
+                await task.force_delete()
+        except NotFound:
+            pass
+        if self._tasks.get(cid) is task:
+            del self._tasks[cid]
+        self._remove_fifo_dir(state)
+
+    def _remove_fifo_dir(self, state: ProcessState) -> None:
+        """A task deleted through a handle that did not make its FIFOs (one from
+        before a restart of the daemon) leaves their directory: remove it."""
+        for path in (state.stdout, state.stderr):
+            if not path:
+                continue
+            directory = Path(path).parent
+            if directory.parent == self.config.fifo_dir and not directory.is_symlink():
+                shutil.rmtree(directory, ignore_errors=True)
+
+    async def _ensure_pumped(self, container: Container, state: ProcessState) -> None:
+        """A running task's output is logged: reattach to its FIFOs when this
+        daemon did not start it."""
+        cid = container.id
+        current = self._tasks.get(cid)
+        if current is not None and current.pid == state.pid:
+            return
+        io: ProcessIO = NullIO()
+        if state.stdout and Path(state.stdout).parent.parent == self.config.fifo_dir:
+            try:
+                io = FifoIO.attach(state.stdout, state.stderr, terminal=state.terminal)
+            except OSError as exc:
+                log.warning("container %s: cannot reattach its output (%s)", cid, exc)
+        if current is not None:
+            self._closing_io(current.io)  # a task that is gone
+        self._tasks[cid] = Task(container, state.pid, io)
+        if isinstance(io, FifoIO):
+            self._pump(cid, io)
+        if not self._stopping:
+            log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
+
+    async def _start_step(self, container: Container) -> None:
+        """A due start. A failure containerd will not get over by itself (a
+        missing binary, a bad rootfs) counts as an exit with code 128 for the
+        policy, as Docker counts it; any other is retried as it is."""
+        cid = container.id
+        try:
+            await self._start_task(container)
+        except _TRANSIENT:
+            raise
+        except SupervisorError as exc:
+            labels = (await container.refresh()).labels
+            step = record_exit(
+                labels, START_FAILED_EXIT, time.time(), labels.get(STARTED_PID, "0"),
+                "could not start; ",
+            )  # fmt: skip
+            await container.update_labels(step.labels, remove=step.remove)
+            log.error("cannot start %s: %s; %s", cid, exc, step.reason)
+            self.start_errors[cid] = f"{cid}: {exc}"
+            self._exited(cid, step.exit_code)
+
+    async def _start_task(self, container: Container, *, stdin: bool = False) -> Task:
+        """Create and start a task whose output is logged, and record the start.
+        A task that was created but could not start is discarded."""
+        cid = container.id
+        definition = self.definitions.get(cid)
+        terminal = definition.terminal if definition else False
+        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
+        task = await container.new_task(io)
+        self._tasks[cid] = task
+        self._pump(cid, io)
+        try:
+            pid = await task.start()
+        except _TRANSIENT:
+            raise  # the next sync discards the created task
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError, TimeoutError):
+                await task.force_delete()
+            if self._tasks.get(cid) is task:
+                del self._tasks[cid]
+            raise
+        await container.update_labels(
+            {STARTED_AT: f"{time.time():.6f}", STARTED_PID: str(pid)},
+            remove=(NEXT_START, EXIT_PID),
+        )
+        return task
+
+    def _pump(self, cid: str, io: FifoIO) -> None:
+        """Copy the task's output into its JSON log until EOF (the process's end)."""
+        assert self._tg is not None
+        journal = self._logs.get(cid)
+        if journal is None:
+            journal = self._logs[cid] = RotatingJsonLog(
+                self.config.log_dir / f"{cid}.log",
+                self.config.log_max_bytes,
+                self.config.log_max_files,
+            )
+        drained = self._drained[cid] = anyio.Event()
+        readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
+        listeners = self.output_listeners.setdefault(cid, set())
+        self._tg.start_soon(copy_logs, [(s, r) for s, r in readers if r is not None], journal,
+                            listeners, drained)  # fmt: skip
+
+    def forget(self, cid: str) -> None:
+        """Drop what the daemon holds for a container that is gone."""
+        self.definitions.pop(cid, None)
+        self._from_dir.discard(cid)
+        self._seen.pop(cid, None)
+        self._synced.discard(cid)
+        self._oom_pending.pop(cid, None)
+        self.scheduler.forget(cid)
+        task = self._tasks.pop(cid, None)
+        if task is not None:
+            self._closing_io(task.io)  # the task is gone: release the read ends
+        journal = self._logs.pop(cid, None)
+        if journal is not None:
+            journal.close()
+        for listener in self.output_listeners.pop(cid, set()):
+            listener.close()
+        self._exited(cid, None)
+
+    def _closing_io(self, io: ProcessIO) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(io.aclose)
+
+    # -- operations for the control API --------------------------------------------
+
+    def is_running(self, cid: str) -> bool:
+        """Whether the daemon pumps a live task's output for this container."""
+        drained = self._drained.get(cid)
+        return cid in self._tasks and drained is not None and not drained.is_set()
+
+    def exit_waiter(self, cid: str) -> anyio.Event:
+        """An event set at the container's next exit (once recorded), or when it goes."""
+        waiter = anyio.Event()
+        self._exits.setdefault(cid, []).append(waiter)
+        return waiter
+
+    async def run_container(
+        self, definition: ContainerDefinition, *, remove: bool, stdin: bool
+    ) -> FifoIO:
+        """Create and start a container for the control API; returns its IO."""
+        cid = definition.id
+        labels = self._labels(definition, source="api")
+        if remove:
+            labels[REMOVE_ON_EXIT] = "true"
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            async with self._lock(cid):
+                container = await self.client.create_container(
+                    cid, definition.spec(), labels=labels
+                )
+                self.definitions[cid] = definition
+                try:
+                    task = await self._start_task(container, stdin=stdin)
+                except BaseException:
+                    self.definitions.pop(cid, None)
+                    with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                        with contextlib.suppress(NotFound):
+                            await (await container.task()).force_delete()
+                        await container.delete()
+                    raise
+        self.scheduler.request(cid)
+        assert isinstance(task.io, FifoIO)
+        return task.io
+
+    async def start_container(self, cid: str) -> None:
+        """An operator's start: clears a manual stop and the restart history."""
+        with anyio.fail_after(OPERATION_TIMEOUT * 2):
+            async with self._lock(cid):
+                await self._sync_locked(cid, allow_start=False)  # settle an ended task
+                with contextlib.suppress(NotFound):
+                    state = await self.client.process_state(cid)
+                    if state.status in _LIVE or state.status is TaskStatus.CREATED:
+                        raise FailedPrecondition(f"container {cid} is already {state.status.value}")
+                container = await self.client.load_container(cid)
+                started = manual_start(lenient_state(container.info.labels)).to_labels()
+                await container.update_labels({**started, NEXT_START: f"{time.time():.6f}"})
+                self.start_errors.pop(cid, None)
+                await self._sync_locked(cid)
+        error = self.start_errors.pop(cid, None)
+        if error:
+            raise FailedPrecondition(f"cannot start {error}")
+
+    async def kill_container(self, cid: str, signum: int, *, manual: bool) -> None:
+        """Send ``signum`` to every process of the container; ``manual`` marks
+        it a stop the policy will not undo."""
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            async with self._lock(cid):
+                container = await self.client.load_container(cid)
+                if manual:
+                    await container.update_labels(
+                        manual_stop(lenient_state(container.info.labels)).to_labels()
+                    )
+                await (await container.task()).kill(signum, all=True)
+
+    async def stop_container(self, cid: str, *, grace: float | None = None) -> None:
+        """A manual stop: signal, ``grace`` seconds (default: the container's
+        stop timeout), SIGKILL. The restart policy will not undo it."""
+        await self._stop(cid, remove=False, grace=grace, quiet=False)
+
+    async def remove_container(self, cid: str) -> None:
+        """Stop (if running) and delete a container, and forget it."""
+        await self._stop(cid, remove=True, quiet=False)
+
+    async def _shutdown_stop(self, cid: str) -> None:
+        await self._stop(cid, remove=False, manual=False)
+
+    async def _stop(
+        self,
+        cid: str,
+        *,
+        remove: bool,
+        grace: float | None = None,
+        manual: bool = True,
+        quiet: bool = True,
+    ) -> None:
+        """Stop a container on our own account (signal, timeout, SIGKILL);
+        with ``remove``, delete it too. ``manual``: the policy must not undo it.
+        Errors are logged, or with ``quiet=False`` raised to the caller."""
+        try:
+            with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
+                async with self._lock(cid):
+                    await self._stop_locked(cid, remove=remove, grace=grace, manual=manual)
+        except (SupervisorError, TimeoutError) as exc:
+            if not quiet:
+                raise
+            log.error("cannot stop %s: %s", cid, exc)
+
+    async def _stop_locked(
+        self, cid: str, *, remove: bool, grace: float | None, manual: bool
+    ) -> None:
+        try:
+            container = await self.client.load_container(cid)
+        except NotFound:
+            self.forget(cid)
+            return
+        labels = container.info.labels
+        if manual:
+            # The intent first: whatever happens next, no policy restarts it.
+            await container.update_labels(manual_stop(lenient_state(labels)).to_labels())
+        try:
+            state: ProcessState | None = await self.client.process_state(cid)
+        except NotFound:
+            state = None
+        if state is not None and state.status is not TaskStatus.STOPPED:
+            task = await container.task()
+            code = await _stop_task(task, labels, grace)
+            if not manual and not remove:
+                # A stop by the daemon's shutdown: recorded, not a policy decision
+                # (the next daemon starts it again if its policy says so).
+                await container.update_labels(
+                    {
+                        EXIT_CODE: str(code),
+                        EXIT_PID: str(state.pid),
+                        FINISHED_AT: datetime.now(UTC).isoformat(),
+                    },
+                    remove=(NEXT_START,),
+                )
+        await self._sync_locked(cid, allow_start=False)  # record the exit, delete the task
+        if remove and cid in self.definitions:
+            try:
+                container = await self.client.load_container(cid)
+            except NotFound:
+                self.forget(cid)
+                return
+            with contextlib.suppress(NotFound):
+                await (await container.task()).force_delete()  # a start raced us
+            await container.delete()
+            _remove_empty_cgroups(container.info.spec)
+            self.forget(cid)
+
+
+def fingerprint(state: ProcessState | None) -> tuple[str, int] | None:
+    return None if state is None else (state.status.value, state.pid)
+
+
+def _view(state: ProcessState | None) -> TaskView | None:
+    if state is None:
+        return None
+    exit_status = state.exit_status
+    return TaskView(
+        state.status,
+        state.pid,
+        exit_status.code if exit_status else 0,
+        exit_status.exited_at.timestamp() if exit_status and exit_status.exited_at else None,
+    )
+
+
+def _remove_empty_cgroups(spec: dict[str, Any]) -> None:
+    """rmdir the container's cgroups where runc left them empty (a task lost
+    by a killed containerd and deleted later leaves them); never recursive."""
+    path = str((spec.get("linux") or {}).get("cgroupsPath") or "")
+    if not path.startswith("/") or ".." in path.split("/"):
+        return
+    root = Path("/sys/fs/cgroup")
+    with contextlib.suppress(OSError):
+        for base in [root, *root.iterdir()]:
+            with contextlib.suppress(OSError):
+                (base / path.lstrip("/")).rmdir()
+
+
+async def _stop_task(task: Task, labels: Any, grace: float | None) -> int:
+    """The stop signal, ``grace`` seconds, then SIGKILL to all; the exit code."""
+    try:
+        signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
+        timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
+    except ValueError:
+        signum, timeout = int(signal.SIGTERM), 10.0
+    with contextlib.suppress(NotFound, FailedPrecondition):
+        await task.kill(signum)
+    with anyio.move_on_after(timeout) as waited:
+        return (await task.wait()).code
+    if waited.cancelled_caught:
+        log.warning("container %s ignored signal %d for %gs; SIGKILL",
+                    task.container_id, signum, timeout)  # fmt: skip
+    with contextlib.suppress(NotFound, FailedPrecondition):
+        await task.kill(signal.SIGKILL, all=True)
+    with anyio.fail_after(10):
+        return (await task.wait()).code
