@@ -485,7 +485,11 @@ async def part_library(args: argparse.Namespace, base: Path, rootfs: Path) -> di
         client = Client(ctd.address, namespace, fifo_dir=str(base / "library-fifo"))
         backend = Restarter(client)
         async with Supervisor(
-            backend, ctd.address, namespace, fifo_dir=str(base / "library-fifo")
+            backend,
+            ctd.address,
+            namespace,
+            fifo_dir=str(base / "library-fifo"),
+            containerd_state=(str(ctd.state), str(ctd.root)),
         ) as sup:
             backend.client = sup.client
             for cid in ids:

@@ -135,6 +135,13 @@ def map_errors(what: str = "") -> Iterator[None]:
         raise from_grpc(exc) from exc
     except (StreamTerminatedError, ProtocolError) as exc:
         raise Unavailable(f"{prefix}connection to containerd lost ({exc})") from exc
+    except AttributeError as exc:
+        # grpclib 0.4 opens a stream on a connection that is being torn down
+        # (containerd just died) with "'Connection' object has no attribute
+        # '_transport'": the same fault as a refused connection.
+        if "_transport" not in str(exc):
+            raise
+        raise Unavailable(f"{prefix}connection to containerd lost") from exc
     except OSError as exc:
         if isinstance(exc, ConnectionError) or exc.errno in _CONNECTION_ERRNOS:
             raise Unavailable(f"{prefix}cannot reach containerd: {exc.strerror or exc}") from exc

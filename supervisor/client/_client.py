@@ -390,7 +390,7 @@ class Container:
                         raise
                     reply = await self._create_task(request)
                 except ContainerdError as exc:
-                    if not self._clear_dead_bundle(exc):
+                    if not await self._clear_dead_bundle(exc):
                         raise
                     reply = await self._create_task(request)
             created = True
@@ -428,7 +428,7 @@ class Container:
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
         return True
 
-    def _clear_dead_bundle(self, exc: ContainerdError) -> bool:
+    async def _clear_dead_bundle(self, exc: ContainerdError) -> bool:
         state = self.client.containerd_state
         if DEAD_BUNDLE_ERROR not in str(exc):
             return False
@@ -440,7 +440,16 @@ class Container:
                 exc,
             )
             return False
-        return clear_dead_bundle(Path(state[0]), Path(state[1]), self.client.namespace, self.id)
+        try:
+            with map_errors(f"get task {self.id}"):
+                await self.client._tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
+        except NotFound:
+            pass
+        else:
+            return False  # containerd serves a task for it: not a dead bundle
+        return await anyio.to_thread.run_sync(
+            clear_dead_bundle, Path(state[0]), Path(state[1]), self.client.namespace, self.id
+        )
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.

@@ -28,7 +28,6 @@ import anyio
 from .._supervisor import Supervisor
 from ..errors import (
     SupervisorError,
-    Unavailable,
 )
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
@@ -48,6 +47,9 @@ from ._output import Listener, publish
 from ._scheduler import EXPECTED
 
 log = logging.getLogger("supervisor.daemon")
+
+#: A relist that takes longer counts as containerd being away.
+RELIST_TIMEOUT = 10.0
 
 
 class DaemonError(RuntimeError):
@@ -107,8 +109,18 @@ class Daemon(Keeper):
             lock = lock_state_dir(self.config.state_dir)
             try:
                 await self._run(signals)
-            except ContainerdStartError as exc:
+            except (ContainerdStartError, OSError, SupervisorError) as exc:
                 raise DaemonError(str(exc)) from exc
+            except BaseExceptionGroup as group:
+                # One line for what stopped it (a socket path that cannot be
+                # made, containerd gone for good), not a traceback of groups.
+                matched, rest = group.split((ContainerdStartError, OSError, SupervisorError))
+                if matched is None or rest is not None:
+                    raise
+                first: BaseException = matched
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise DaemonError(str(first)) from group
             finally:
                 self._stopping = True
                 for journal in self._logs.values():
@@ -193,8 +205,9 @@ class Daemon(Keeper):
         while True:
             await anyio.sleep(RELIST_INTERVAL)
             try:
-                tasks = await self.client.list_tasks()
-            except SupervisorError:
+                with anyio.fail_after(RELIST_TIMEOUT):
+                    tasks = await self.client.list_tasks()
+            except (SupervisorError, TimeoutError):
                 down = True  # the event pipeline logs the outage once
                 continue
             now = {t.container_id: fingerprint(t) for t in tasks}
@@ -252,18 +265,16 @@ class Daemon(Keeper):
 
     async def _first_sync(self, cid: str, limit: anyio.Semaphore) -> None:
         async with limit:
-            await self._sync_and_report(cid)
+            await self._sync_and_report(cid, first=True)
 
-    async def _sync_and_report(self, cid: str) -> str | None:
+    async def _sync_and_report(self, cid: str, *, first: bool = False) -> str | None:
         """Sync now; a failure is logged and left to the scheduler to retry.
         Returns why the container could not be started, if it could not."""
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
-                at = await self.sync(cid)
+                at = await self.sync(cid, first=first)
         except EXPECTED as exc:
-            if not isinstance(exc, Unavailable):
-                log.warning("sync of %s failed (%s); retrying", cid, exc)
-            self.scheduler.request(cid, time.time() + 0.2)
+            self.scheduler.request(cid, time.time() + 0.2)  # it logs what persists
             return f"{cid}: {exc}"
         if at is not None:
             self.scheduler.request(cid, at)
@@ -275,12 +286,9 @@ class Daemon(Keeper):
         base = self.config.fifo_dir
         if not base.is_dir():
             return
-        used = {
-            Path(p).parent
-            for t in await self.client.list_tasks()
-            for p in (t.stdout, t.stderr)
-            if p
-        }
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            tasks = await self.client.list_tasks()
+        used = {Path(p).parent for t in tasks for p in (t.stdout, t.stderr) if p}
         for entry in base.iterdir():
             if entry not in used and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

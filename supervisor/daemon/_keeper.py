@@ -61,7 +61,15 @@ from ._labels import (
 )
 from ._logs import RotatingJsonLog
 from ._output import Listener, copy_logs
-from ._plan import START_FAILED_EXIT, Act, TaskView, lenient_state, plan, record_exit
+from ._plan import (
+    START_FAILED_EXIT,
+    Act,
+    TaskView,
+    lenient_state,
+    plan,
+    record_exit,
+    restart_after_shutdown,
+)
 from ._policy import RestartState, manual_start, manual_stop, record_oom
 from ._scheduler import SyncScheduler
 
@@ -74,6 +82,8 @@ OPERATION_TIMEOUT = 30.0
 LOG_DRAIN_TIMEOUT = 2.0
 #: How often every task is listed, to turn missed events into syncs (kubelet's PLEG).
 RELIST_INTERVAL = 1.0
+#: When a sync finds its container busy with an operation, it comes back after this.
+BUSY_RETRY = 0.5
 #: Steps one sync may take before it yields (a restart is at most five).
 MAX_STEPS = 10
 #: Errors that leave a start to be retried as it is (no exit recorded).
@@ -96,7 +106,6 @@ class Keeper:
         self.last_exit: dict[str, int] = {}
         self._locks: dict[str, anyio.Lock] = {}  # one container's changes, one at a time
         self._seen: dict[str, tuple[str, int] | None] = {}  # task as the last sync saw it
-        self._synced: set[str] = set()  # ids this daemon has synced once
         self._oom_pending: dict[str, int] = {}
         self.start_errors: dict[str, str] = {}
         self.scheduler = SyncScheduler(self.sync)
@@ -134,18 +143,25 @@ class Keeper:
 
     # -- sync: the level-triggered core -------------------------------------------
 
-    async def sync(self, cid: str) -> float | None:
+    async def sync(self, cid: str, *, first: bool = False) -> float | None:
         """Take container ``cid`` toward its policy, from what containerd says
-        now. Returns the epoch time it wants to run again, or None."""
+        now. Returns the epoch time it wants to run again, or None. ``first``:
+        the daemon's first look at it after its own start."""
         if self._stopping or cid not in self.definitions:
             return None
-        async with self._lock(cid):
+        lock = self._lock(cid)
+        if lock.locked() and not first:
+            # An operation holds it (a stop's grace period): come back rather
+            # than hold one of the scheduler's slots meanwhile.
+            return time.time() + BUSY_RETRY
+        async with lock:
             if self._stopping or cid not in self.definitions:
                 return None
-            return await self._sync_locked(cid)
+            return await self._sync_locked(cid, first=first)
 
-    async def _sync_locked(self, cid: str, *, allow_start: bool = True) -> float | None:
-        first = cid not in self._synced
+    async def _sync_locked(
+        self, cid: str, *, allow_start: bool = True, first: bool = False
+    ) -> float | None:
         for _ in range(MAX_STEPS):
             try:
                 container = await self.client.load_container(cid)
@@ -163,10 +179,8 @@ class Keeper:
             if act is Act.NOTHING or act is Act.ADOPT:
                 if state is not None and act is Act.ADOPT:
                     await self._ensure_pumped(container, state)
-                self._synced.add(cid)
                 return None
             if act is Act.WAIT:
-                self._synced.add(cid)
                 return step.at
             if act is Act.RECORD_EXIT:
                 await container.update_labels(step.labels, remove=step.remove)
@@ -278,7 +292,7 @@ class Keeper:
             labels = (await container.refresh()).labels
             step = record_exit(
                 labels, START_FAILED_EXIT, time.time(), labels.get(STARTED_PID, "0"),
-                "could not start; ",
+                "could not start; ", ran_for=0.0,
             )  # fmt: skip
             await container.update_labels(step.labels, remove=step.remove)
             log.error("cannot start %s: %s; %s", cid, exc, step.reason)
@@ -293,6 +307,9 @@ class Keeper:
         terminal = definition.terminal if definition else False
         io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
         task = await container.new_task(io)
+        old = self._tasks.get(cid)
+        if old is not None:
+            self._closing_io(old.io)  # a task that went while nobody watched
         self._tasks[cid] = task
         self._pump(cid, io)
         try:
@@ -305,10 +322,15 @@ class Keeper:
             if self._tasks.get(cid) is task:
                 del self._tasks[cid]
             raise
-        await container.update_labels(
-            {STARTED_AT: f"{time.time():.6f}", STARTED_PID: str(pid)},
-            remove=(NEXT_START, EXIT_PID),
-        )
+        try:
+            await container.update_labels(
+                {STARTED_AT: f"{time.time():.6f}", STARTED_PID: str(pid)},
+                remove=(NEXT_START, EXIT_PID),
+            )
+        except SupervisorError as exc:
+            # It runs: the next sync records the start (MARK_STARTED).
+            log.debug("container %s: start not recorded yet (%s)", cid, exc)
+            self.scheduler.request(cid)
         return task
 
     def _pump(self, cid: str, io: FifoIO) -> None:
@@ -332,8 +354,9 @@ class Keeper:
         self.definitions.pop(cid, None)
         self._from_dir.discard(cid)
         self._seen.pop(cid, None)
-        self._synced.discard(cid)
         self._oom_pending.pop(cid, None)
+        self._drained.pop(cid, None)
+        self.start_errors.pop(cid, None)
         self.scheduler.forget(cid)
         task = self._tasks.pop(cid, None)
         if task is not None:
@@ -391,6 +414,15 @@ class Keeper:
 
     async def start_container(self, cid: str) -> None:
         """An operator's start: clears a manual stop and the restart history."""
+        try:
+            await self._start_container(cid)
+        finally:
+            self.scheduler.request(cid)  # whatever failed here is retried there
+        error = self.start_errors.pop(cid, None)
+        if error:
+            raise FailedPrecondition(f"cannot start {error}")
+
+    async def _start_container(self, cid: str) -> None:
         with anyio.fail_after(OPERATION_TIMEOUT * 2):
             async with self._lock(cid):
                 await self._sync_locked(cid, allow_start=False)  # settle an ended task
@@ -403,9 +435,6 @@ class Keeper:
                 await container.update_labels({**started, NEXT_START: f"{time.time():.6f}"})
                 self.start_errors.pop(cid, None)
                 await self._sync_locked(cid)
-        error = self.start_errors.pop(cid, None)
-        if error:
-            raise FailedPrecondition(f"cannot start {error}")
 
     async def kill_container(self, cid: str, signum: int, *, manual: bool) -> None:
         """Send ``signum`` to every process of the container; ``manual`` marks
@@ -451,6 +480,9 @@ class Keeper:
             if not quiet:
                 raise
             log.error("cannot stop %s: %s", cid, exc)
+        finally:
+            if cid in self.definitions:
+                self.scheduler.request(cid)  # a step left undone is retried
 
     async def _stop_locked(
         self, cid: str, *, remove: bool, grace: float | None, manual: bool
@@ -472,18 +504,21 @@ class Keeper:
             task = await container.task()
             code = await _stop_task(task, labels, grace)
             if not manual and not remove:
-                # A stop by the daemon's shutdown: recorded, not a policy decision
-                # (the next daemon starts it again if its policy says so).
+                # A stop by the daemon's shutdown: recorded, not counted as a
+                # restart; the next daemon starts it again if its policy would
+                # restart it after a failure (as Docker does).
+                again = restart_after_shutdown(labels)
                 await container.update_labels(
                     {
                         EXIT_CODE: str(code),
                         EXIT_PID: str(state.pid),
                         FINISHED_AT: datetime.now(UTC).isoformat(),
+                        **({NEXT_START: f"{time.time():.6f}"} if again else {}),
                     },
-                    remove=(NEXT_START,),
+                    remove=() if again else (NEXT_START,),
                 )
         await self._sync_locked(cid, allow_start=False)  # record the exit, delete the task
-        if remove and cid in self.definitions:
+        if remove:
             try:
                 container = await self.client.load_container(cid)
             except NotFound:
@@ -504,12 +539,32 @@ def _view(state: ProcessState | None) -> TaskView | None:
     if state is None:
         return None
     exit_status = state.exit_status
+    status = state.status
+    if status is TaskStatus.CREATED and _runs_user_process(state.pid):
+        # containerd died during Start after runc had started the process: the
+        # shim still says CREATED, but the command runs. It is a start (its
+        # exit will come as any other), not a leftover to discard.
+        status = TaskStatus.RUNNING
     return TaskView(
-        state.status,
+        status,
         state.pid,
         exit_status.code if exit_status else 0,
         exit_status.exited_at.timestamp() if exit_status and exit_status.exited_at else None,
     )
+
+
+def _runs_user_process(pid: int) -> bool:
+    """Whether ``pid`` (a created task's init) has left ``runc init`` for the
+    container's own command. /proc/PID/cmdline is the kernel's, not a file of
+    the container's."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read(4096).split(b"\0")
+    except OSError:
+        return False
+    return bool(args[0]) and not (args[0].endswith(b"runc") and b"init" in args[1:2])
 
 
 def _remove_empty_cgroups(spec: dict[str, Any]) -> None:

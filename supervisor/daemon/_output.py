@@ -57,7 +57,7 @@ async def copy_logs(
             for stream, reader in readers:
                 tg.start_soon(copy, stream, reader)
     finally:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
             await anyio.to_thread.run_sync(journal.flush_partial)
         drained.set()
         for listener in list(listeners):  # followers end with the output

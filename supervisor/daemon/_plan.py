@@ -30,7 +30,7 @@ from ._labels import (
     STARTED_PID,
     timestamp,
 )
-from ._policy import RestartPolicy, RestartState, decide, restart_on_daemon_start
+from ._policy import PolicyKind, RestartPolicy, RestartState, decide, restart_on_daemon_start
 
 __all__ = (
     "START_FAILED_EXIT",
@@ -41,10 +41,13 @@ __all__ = (
     "lenient_state",
     "plan",
     "record_exit",
+    "restart_after_shutdown",
 )
 
 #: The exit code of a task that ended while nobody could see how (Docker's 255).
 UNKNOWN_EXIT = 255
+#: How soon a task whose state containerd cannot tell is looked at again.
+UNKNOWN_RETRY = 2.0
 #: The exit code recorded when a task could not be created or started (Docker's 128).
 START_FAILED_EXIT = 128
 
@@ -110,12 +113,20 @@ def _started_unrecorded(labels: Mapping[str, str]) -> bool:
 
 
 def record_exit(
-    labels: Mapping[str, str], code: int, exited_at: float, pid: int | str, why: str = ""
+    labels: Mapping[str, str],
+    code: int,
+    exited_at: float,
+    pid: int | str,
+    why: str = "",
+    *,
+    ran_for: float | None = None,
 ) -> Step:
-    """The labels that record an exit and the policy's decision about it."""
+    """The labels that record an exit and the policy's decision about it
+    (``ran_for`` defaults to the time since the recorded start)."""
     state = lenient_state(labels)
     started = timestamp(labels.get(STARTED_AT))
-    ran_for = max(0.0, exited_at - started) if started is not None else 0.0
+    if ran_for is None:
+        ran_for = max(0.0, exited_at - started) if started is not None else 0.0
     decision = decide(_policy(labels), state, code, ran_for)
     new = {
         **decision.state.to_labels(),
@@ -130,6 +141,19 @@ def record_exit(
         remove = (NEXT_START,)
     reason = f"{why}exited with {code}: {decision.reason}"
     return Step(Act.RECORD_EXIT, reason, new, remove, exit_code=code, restart=decision.restart)
+
+
+def restart_after_shutdown(labels: Mapping[str, str]) -> bool:
+    """Whether a container the daemon stopped at its own shutdown starts with
+    the next daemon: unless an operator stopped it, under always and
+    unless-stopped, and under on-failure while its budget lasts."""
+    state = lenient_state(labels)
+    policy = _policy(labels)
+    if state.manually_stopped or policy.kind is PolicyKind.NO:
+        return False
+    if policy.kind is PolicyKind.ON_FAILURE and policy.max_retries:
+        return state.restart_count < policy.max_retries
+    return True
 
 
 def plan(
@@ -156,10 +180,13 @@ def plan(
             if labels.get(EXIT_PID) != str(task.pid):
                 return record_exit(labels, task.exit_code, task.exited_at or now, task.pid)
             return Step(Act.DELETE_TASK, f"exit of pid {task.pid} recorded")
-        # CREATED (never started: a daemon or containerd died between create
-        # and start) or UNKNOWN (a task whose shim is gone): discard it; the
-        # pending start, if any, makes a new one.
-        return Step(Act.DISCARD_CREATED, f"task is {task.status.value}")
+        if task.status is TaskStatus.CREATED:
+            # Never started (a daemon or containerd died between create and
+            # start): discard it; the pending start, if any, makes a new one.
+            return Step(Act.DISCARD_CREATED, "task created, never started")
+        # UNKNOWN: its shim did not answer (stopped, overloaded). Never act on
+        # a state nobody knows; look again.
+        return Step(Act.WAIT, f"task state {task.status.value}", at=now + UNKNOWN_RETRY)
     if pending is None and _started_unrecorded(labels):
         # It ran, and its task went while no daemon could see how it ended.
         return record_exit(

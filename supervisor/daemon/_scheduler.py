@@ -109,7 +109,8 @@ class SyncScheduler:
             delay = min(RETRY_MIN * 2 ** (failures - 1), RETRY_MAX)
             message = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, EXPECTED):
-                log.exception("sync of %s failed unexpectedly; retrying in %gs", cid, delay)
+                if self._last_error.get(cid) != message:  # a traceback once, not per retry
+                    log.exception("sync of %s failed unexpectedly; retrying", cid)
                 self._last_error[cid] = message
             elif not isinstance(exc, Unavailable) and self._last_error.get(cid) != message:
                 # containerd being away is logged once by whoever sees it first;

@@ -293,3 +293,21 @@ async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> Non
         assert daemon.wait(30) == 0
     finally:
         subprocess.run(["umount", "-l", str(dirs.logs)], check=False)
+
+
+async def test_daemon_failing_at_start_stops_its_containerd(dirs: DaemonDirs) -> None:
+    """A control socket that cannot be made (its parent is a file) stops the
+    daemon after its managed containerd started: one line, exit code 1, and
+    the managed containerd stopped with it."""
+    blocker = dirs.base / "not-a-dir"
+    blocker.write_text("")
+    config = dirs.config.read_text().replace(str(dirs.control), str(blocker / "control.sock"))
+    dirs.config.write_text(config)
+    daemon = dirs.start()
+    assert daemon.wait(60) == 1
+    output = dirs.output()
+    assert "Traceback" not in output, output
+    assert output.strip().splitlines()[-1].startswith("supervisor daemon: "), output
+    pid = _managed_pid(dirs)  # the pidfile goes with a clean stop
+    assert pid is None or not _alive(pid)
+    assert "started containerd" in output

@@ -207,3 +207,20 @@ def test_crashes_between_steps_change_no_decision(
         assert world.labels[EXIT_CODE] == str(code)
         assert (world.task is not None) == should
         assert world.starts == restarts + 1  # each decided restart started exactly once
+
+
+def test_unknown_task_state_is_never_acted_on() -> None:
+    step = plan(TaskView(TaskStatus.UNKNOWN, 0), {STARTED_PID: "7"}, 10.0)
+    assert step.act is Act.WAIT and step.at is not None and step.at > 10.0
+
+
+def test_restart_after_shutdown_follows_the_policy() -> None:
+    from supervisor.daemon._plan import restart_after_shutdown
+
+    assert restart_after_shutdown({POLICY: "always"})
+    assert restart_after_shutdown({POLICY: "unless-stopped"})
+    assert restart_after_shutdown({POLICY: "on-failure:3", COUNT: "2"})
+    assert not restart_after_shutdown({POLICY: "on-failure:3", COUNT: "3"})
+    assert not restart_after_shutdown({POLICY: "no"})
+    stopped_by_hand = RestartState(manually_stopped=True).to_labels()
+    assert not restart_after_shutdown({POLICY: "always", **stopped_by_hand})
