@@ -437,6 +437,7 @@ class Restarter:
         self.client = client
         self.exits: dict[str, list[int]] = {}
         self.duplicates = 0
+        self.other_codes: list[int] = []
         self.restarting = True
         self.wanted: set[str] = set()
         self.tg: Any = None
@@ -444,6 +445,8 @@ class Restarter:
     async def process_event(self, cid: str, event_type: EventType, event: Any) -> None:
         if event_type is not EventType.EXIT or event.exec_id is not None:
             return
+        if event.exit_status != 3:
+            self.other_codes.append(event.exit_status)
         seen = self.exits.setdefault(cid, [])
         if event.pid in seen:
             self.duplicates += 1
@@ -562,6 +565,9 @@ async def part_library(args: argparse.Namespace, base: Path, rootfs: Path) -> di
         "exits at the backend": sum(seen.values()),
         "exits lost (runs without an exit) / extra": f"{lost} / {extra}",
         "duplicate exits (same pid twice)": backend.duplicates,
+        "exits with a code other than the command's 3": (
+            ", ".join(str(c) for c in sorted(backend.other_codes)) or "none"
+        ),
         "stuck after the last kill (no new run within 15 s)": len(stuck),
         "all running again after the last kill within (s)": round(recovery, 2),
         **{f"left after delete: {k}": v for k, v in leftovers.items()},

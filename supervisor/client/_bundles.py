@@ -28,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger("supervisor.client")
 
-__all__ = ("DEAD_BUNDLE_ERROR", "clear_dead_bundle", "sweep_dead_bundles")
+__all__ = ("DEAD_BUNDLE_ERROR", "clear_dead_bundle", "clear_half_deleted", "sweep_dead_bundles")
 
 #: How containerd 1.6 says a dead bundle blocks a Create.
 DEAD_BUNDLE_ERROR = "failed to start shim: mkdir"
@@ -131,6 +131,19 @@ def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: s
             if hidden.is_dir() and not hidden.is_symlink():
                 removed |= _remove(hidden)
     return removed
+
+
+def clear_half_deleted(state: Path, root: Path | None, namespace: str, task_id: str) -> None:
+    """Before deleting a task: remove a ``.<id>`` a killed containerd left
+    from an earlier delete of that id, or this delete would leave the bundle
+    behind (its rename onto ``.<id>`` fails). Only one delete of an id runs
+    at a time, so a ``.<id>`` found now is not one in progress."""
+    for top in (state, root):
+        if top is None:
+            continue
+        hidden = top / _TASKS / namespace / f".{task_id}"
+        if os.path.lexists(hidden) and hidden.is_dir() and not hidden.is_symlink():
+            _remove(hidden)
 
 
 def sweep_dead_bundles(state: Path, root: Path | None) -> None:

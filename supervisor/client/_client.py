@@ -28,7 +28,7 @@ from ..errors import (
     map_errors,
 )
 from . import _wire
-from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle
+from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._tasks import Task
@@ -329,6 +329,7 @@ class Container:
             if self.client.outage_seen:
                 # A task containerd lost while it died mid-create would keep
                 # its shim and bundle until containerd's next start.
+                self._clear_half_deleted()
                 with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
                     await self.client._tasks_stub.delete(
                         tasks_pb.DeleteTaskRequest(container_id=self.id)
@@ -424,9 +425,15 @@ class Container:
         else:
             return False  # a task containerd knows: the caller decides about it
         log.warning("container %s: clearing a task containerd lost (it died mid-create)", self.id)
+        self._clear_half_deleted()
         with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
         return True
+
+    def _clear_half_deleted(self) -> None:
+        state = self.client.containerd_state
+        if state is not None:
+            clear_half_deleted(Path(state[0]), Path(state[1]), self.client.namespace, self.id)
 
     async def _clear_dead_bundle(self, exc: ContainerdError) -> bool:
         state = self.client.containerd_state

@@ -56,3 +56,14 @@ def test_clear_one_id_while_containerd_runs(tmp_path: Path) -> None:
     assert clear_dead_bundle(state, root, NS, "g")
     assert not dead.exists() and not half.exists() and other.exists()
     assert not clear_dead_bundle(state, root, NS, "g")
+
+
+def test_a_half_deleted_bundle_goes_before_the_next_delete(tmp_path: Path) -> None:
+    from supervisor.client._bundles import clear_half_deleted
+
+    state, root = tmp_path / "state", tmp_path / "root"
+    live = bundle(state, "i", "config.json", "address", "runtime")
+    half = bundle(state, ".i", "config.json")
+    root_half = bundle(root, ".i", "x")
+    clear_half_deleted(state, root, NS, "i")
+    assert live.exists() and not half.exists() and not root_half.exists()
