@@ -316,11 +316,19 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
         tg.cancel_scope.cancel()
 
     # -- what came out -----------------------------------------------------------
+    output = run.output()
+    # A start the fault killed before its command ran (containerd SIGKILLed
+    # during Tasks.Start) is a run without a line: its exit is recorded as 137.
+    killed = {
+        cid: sum(1 for line in output.splitlines() if f"container {cid} exited with 137" in line)
+        for cid, kind in kinds.items()
+        if kind == "slow"
+    }
     slow_exact = sum(
         1
         for cid, kind in kinds.items()
         if kind == "slow"
-        and run.runs(cid) == BUDGET + 1
+        and run.runs(cid) + killed[cid] == BUDGET + 1
         and infos[cid].get(PREFIX + "restart-count") == str(BUDGET)
     )
     fast_not_running = [
@@ -342,7 +350,6 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
     ]
     steady_runs = [run.runs(cid) for cid, kind in kinds.items() if kind == "steady"]
     stuck = sorted(cid for cid, late in monitor.late.items() if late > LATE)
-    output = run.output()
     tracebacks = output.count("Traceback")
     recorded = {
         cid: sum(
@@ -406,6 +413,9 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
         f"stuck (a start more than {LATE:g} s late while containerd served)": len(stuck),
         "worst start lateness while serving (s)": round(max(monitor.late.values(), default=0.0), 2),
         "monitor samples": monitor.samples,
+        f"on-failure:{BUDGET}: runs killed by a fault before their first line": sum(
+            killed.values()
+        ),
         f"on-failure:{BUDGET} containers with exactly {BUDGET + 1} runs and count {BUDGET}": (
             f"{slow_exact} of {sum(1 for k in kinds.values() if k == 'slow')}"
         ),

@@ -149,6 +149,11 @@ def _daemon(config_path: Path | None) -> int:
         level=getattr(logging, config.log_level.upper()),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # asyncio's own note, repeated for every write grpclib makes on a connection
+    # containerd just dropped; the loss itself is logged once by the daemon.
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not record.getMessage().startswith("socket.send() raised exception")
+    )
     if os.geteuid() != 0:
         print("supervisor daemon: must run as root (containerd and runc)", file=sys.stderr)
         return 1

@@ -424,7 +424,7 @@ class Container:
             pass
         else:
             return False  # a task containerd knows: the caller decides about it
-        log.warning("container %s: clearing a task containerd lost (it died mid-create)", self.id)
+        log.info("container %s: clearing a task containerd lost (it died mid-create)", self.id)
         self._clear_half_deleted()
         with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))

@@ -276,8 +276,7 @@ class Keeper:
         self._tasks[cid] = Task(container, state.pid, io)
         if isinstance(io, FifoIO):
             self._pump(cid, io)
-        if not self._stopping:
-            log.info("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
+        log.debug("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
 
     async def _start_step(self, container: Container) -> None:
         """A due start. A failure containerd will not get over by itself (a
