@@ -190,7 +190,11 @@ def plan(
     if pending is None and _started_unrecorded(labels):
         # It ran, and its task went while no daemon could see how it ended.
         return record_exit(
-            labels, UNKNOWN_EXIT, now, labels[STARTED_PID], "task gone while unwatched; "
+            labels,
+            UNKNOWN_EXIT,
+            now,
+            labels[STARTED_PID],
+            "task gone without its exit status (a dead shim, or no daemon watching); ",
         )
     state = lenient_state(labels)
     if pending is not None:
