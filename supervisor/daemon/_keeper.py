@@ -108,6 +108,7 @@ class Keeper:
         self._seen: dict[str, tuple[str, int] | None] = {}  # task as the last sync saw it
         self._oom_pending: dict[str, int] = {}
         self.start_errors: dict[str, str] = {}
+        self._doomed: set[str] = set()  # a failed `run` whose removal is still due
         self.scheduler = SyncScheduler(self.sync)
         self._stopping = False
         self._sup: Supervisor | None = None
@@ -156,6 +157,9 @@ class Keeper:
             return time.time() + BUSY_RETRY
         async with lock:
             if self._stopping or cid not in self.definitions:
+                return None
+            if cid in self._doomed:
+                await self._stop_locked(cid, remove=True, grace=0.0, manual=True)
                 return None
             return await self._sync_locked(cid, first=first)
 
@@ -356,6 +360,7 @@ class Keeper:
         self._oom_pending.pop(cid, None)
         self._drained.pop(cid, None)
         self.start_errors.pop(cid, None)
+        self._doomed.discard(cid)
         self.scheduler.forget(cid)
         task = self._tasks.pop(cid, None)
         if task is not None:
@@ -401,15 +406,29 @@ class Keeper:
                 try:
                     task = await self._start_task(container, stdin=stdin)
                 except BaseException:
-                    self.definitions.pop(cid, None)
-                    with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
-                        with contextlib.suppress(NotFound):
-                            await (await container.task()).force_delete()
-                        await container.delete()
+                    if not await self._undo_run(container):
+                        # containerd went away: the removal is retried by sync,
+                        # the container stays known until it is gone.
+                        self._doomed.add(cid)
+                        self.scheduler.request(cid)
                     raise
         self.scheduler.request(cid)
         assert isinstance(task.io, FifoIO)
         return task.io
+
+    async def _undo_run(self, container: Container) -> bool:
+        """Remove what a failed `run` made; whether that worked."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(OPERATION_TIMEOUT):
+            try:
+                with contextlib.suppress(NotFound):
+                    await (await container.task()).force_delete()
+                with contextlib.suppress(NotFound):
+                    await container.delete()
+            except (SupervisorError, TimeoutError):
+                return False
+            self.forget(container.id)
+            return True
+        return False
 
     async def start_container(self, cid: str) -> None:
         """An operator's start: clears a manual stop and the restart history."""
