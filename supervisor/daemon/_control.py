@@ -381,8 +381,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                         await stream.send_message(pb.RunOutput(stdout=chunk))
                     else:
                         await stream.send_message(pb.RunOutput(stderr=chunk))
-            with anyio.fail_after(60):
-                await exited.wait()
+            # The output may end long before the process (it closed its
+            # stdout): wait for the exit as `docker run` does, for as long as
+            # the client stays (grpclib cancels this call when it goes).
+            await exited.wait()
             await stream.send_message(pb.RunOutput(exit_code=self.daemon.last_exit.get(cid, 255)))
             await _client_done(inputs_done)
             tg.cancel_scope.cancel()

@@ -26,9 +26,8 @@ from typing import Any
 import anyio
 
 from .._supervisor import Supervisor
-from ..errors import (
-    SupervisorError,
-)
+from ..client import ContainerInfo
+from ..errors import AlreadyExists, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
@@ -50,6 +49,9 @@ log = logging.getLogger("supervisor.daemon")
 
 #: A relist that takes longer counts as containerd being away.
 RELIST_TIMEOUT = 10.0
+#: Retry of definitions that could not be applied: 1 s doubling to 30 s.
+DEFINITIONS_RETRY_MIN = 1.0
+DEFINITIONS_RETRY_MAX = 30.0
 
 
 class DaemonError(RuntimeError):
@@ -64,6 +66,7 @@ class Applied:
     replaced: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    incomplete: bool = False  # a step failed and is retried
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -97,6 +100,10 @@ class Daemon(Keeper):
         self.event_listeners: set[Listener] = set()
         self.load_errors: list[str] = []
         self.managed: ManagedContainerd | None = None
+        self._wanted: dict[str, ContainerDefinition] = {}  # the definitions dir, last loaded
+        self._keep: set[str] = set()  # ids whose file did not load: left as they are
+        self._keep_all = False
+        self._definitions_dirty = anyio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -157,6 +164,7 @@ class Daemon(Keeper):
                 tg.start_soon(self.managed.watch)
             await self._restore()
             tg.start_soon(self.scheduler.run)
+            tg.start_soon(self._retry_definitions)
             tg.start_soon(self._relist)
             server = await serve(self, config.control_socket, config.control_group)
             running = len(self._tasks)
@@ -187,7 +195,11 @@ class Daemon(Keeper):
         async for signum in signals:
             if signum == signal.SIGHUP:
                 self.notifier.reloading()
-                await self.reload()
+                # In a task of its own: a call that met a hung containerd can
+                # leave a stray cancellation on the task that made it (grpclib),
+                # which must not be the daemon's main task.
+                async with anyio.create_task_group() as reloading:
+                    reloading.start_soon(self.reload)
                 self.notifier.ready(f"{len(self._tasks)} containers running")
             else:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
@@ -221,47 +233,121 @@ class Daemon(Keeper):
     # -- definitions -------------------------------------------------------------
 
     def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
-        definitions, errors = load_definitions(directory or self.config.definitions_dir)
+        directory = directory or self.config.definitions_dir
+        definitions, errors = load_definitions(directory)
         self.load_errors = [str(e) for e in errors]
         for error in errors:
             log.error("skipping definition %s", error)
+        # A file that does not load, or a directory that cannot be read (a
+        # typo before a reload, a late mount at boot), removes nothing: its
+        # containers stay as they are.
+        self._keep = {e.path.stem for e in errors}
+        self._keep_all = not directory.is_dir() or any(e.path == directory for e in errors)
         return {d.id: d for d in definitions}
 
     async def _restore(self) -> None:
-        """Live restore: adopt what runs, apply the definitions, and take every
-        container one sync toward its policy before the daemon says READY."""
+        """Live restore: adopt what runs, bring the containers in line with the
+        definitions, and take every container one sync toward its policy
+        before the daemon says READY."""
         wanted = self._load()
-        existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            existing = await self.client.list_containers(MANAGED_FILTER)
         await self._sweep_fifo_dirs()
-        to_sync: list[str] = []
-        for cid, info in existing.items():
-            definition = wanted.get(cid)
-            if definition is None and info.labels.get(SOURCE) in ("api", "apply"):
+        for info in existing:
+            if info.id not in wanted and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
-                    self.definitions[cid] = definition_from_labels(info)
+                    self.definitions[info.id] = definition_from_labels(info)
                 except (SupervisorError, ValueError) as exc:
-                    log.error("cannot adopt %s: %s", cid, exc)
-                    continue
-                to_sync.append(cid)
-            elif definition is None:
-                log.info("container %s has no definition any more: removing it", cid)
-                await self._stop(cid, remove=True)
-            elif info.labels.get(HASH) != definition.definition_hash():
-                log.info("definition of %s changed: replacing it", cid)
-                await self._stop(cid, remove=True)
-                if await self._create(definition):
-                    to_sync.append(cid)
-            else:
-                self.definitions[cid] = definition
-                to_sync.append(cid)
-        for cid, definition in wanted.items():
-            if cid not in existing and await self._create(definition):
-                to_sync.append(cid)
-        self._from_dir = set(wanted)
+                    log.error("cannot adopt %s: %s", info.id, exc)
+        self._wanted = wanted
+        await self._converge_definitions(sync=False)
         limit = anyio.Semaphore(32)
         async with anyio.create_task_group() as tg:
-            for cid in to_sync:
+            for cid in list(self.definitions):
                 tg.start_soon(self._first_sync, cid, limit)
+
+    async def _converge_definitions(self, *, sync: bool = True) -> Applied:
+        """Bring the containers of the definitions directory in line with the
+        files last loaded. A step that fails (containerd away, a stop that
+        does not finish) keeps its container known and is retried with a
+        backoff by :meth:`_retry_definitions`, never dropped."""
+        result = await self._converge(self._wanted, "definitions", own=True, sync=sync)
+        self._from_dir = set(self._wanted)
+        if result.incomplete:
+            self._definitions_dirty.set()
+        return result
+
+    async def _retry_definitions(self) -> None:
+        delay = DEFINITIONS_RETRY_MIN
+        while True:
+            await self._definitions_dirty.wait()
+            await anyio.sleep(delay)
+            self._definitions_dirty = anyio.Event()
+            try:
+                result = await self._converge_definitions()
+            except EXPECTED as exc:
+                result = Applied(incomplete=True)
+                log.debug("definitions not applied yet: %s", exc)
+                self._definitions_dirty.set()
+            if result.incomplete:
+                delay = min(delay * 2, DEFINITIONS_RETRY_MAX)
+            else:
+                delay = DEFINITIONS_RETRY_MIN
+                log.info("definitions applied")
+
+    async def _converge(
+        self, wanted: dict[str, ContainerDefinition], source: str, *, own: bool, sync: bool
+    ) -> Applied:
+        result = Applied()
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        if own:
+            for cid, info in sorted(existing.items()):
+                if cid in wanted or info.labels.get(SOURCE, "definitions") != "definitions":
+                    continue
+                if self._keep_all or cid in self._keep:
+                    log.warning("keeping %s: its definition could not be read", cid)
+                    self._track(cid, info)
+                    continue
+                self._track(cid, info)
+                log.info("definition of %s removed: stopping and deleting it", cid)
+                if await self._stop(cid, remove=True):
+                    result.removed.append(cid)
+                else:
+                    result.incomplete = True
+            for cid in list(self._from_dir):
+                if cid not in wanted and cid not in existing:
+                    self.forget(cid)
+        for cid, definition in sorted(wanted.items()):
+            current = existing.get(cid)
+            if current is not None and current.labels.get(HASH) == definition.definition_hash():
+                self.definitions[cid] = definition
+                continue
+            if current is not None:
+                self._track(cid, current)
+                log.info("definition of %s changed: replacing it", cid)
+                if not await self._stop(cid, remove=True):
+                    result.incomplete = True  # the old one stays known, and is retried
+                    continue
+            created = await self._create(definition, source)
+            if created is None:
+                result.incomplete = True
+                continue
+            if not created:
+                continue
+            (result.replaced if current is not None else result.created).append(cid)
+            if sync:
+                error = await self._sync_and_report(cid)
+                if error:
+                    result.errors.append(error)
+        return result
+
+    def _track(self, cid: str, info: ContainerInfo) -> None:
+        """Keep a container that is being replaced or removed known (ps, rm,
+        its policy) until that is done."""
+        if cid not in self.definitions:
+            with contextlib.suppress(SupervisorError, ValueError):
+                self.definitions[cid] = definition_from_labels(info)
 
     async def _first_sync(self, cid: str, limit: anyio.Semaphore) -> None:
         async with limit:
@@ -295,50 +381,37 @@ class Daemon(Keeper):
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
-        return await self.apply(self.config.definitions_dir, remove=True)
+        self._wanted = self._load()
+        try:
+            result = await self._converge_definitions()
+        except EXPECTED as exc:
+            self._definitions_dirty.set()
+            result = Applied(errors=[f"not applied yet ({exc}); retrying"], incomplete=True)
+        result.errors[:0] = self.load_errors
+        return result
 
-    async def apply(self, directory: Path, *, remove: bool = False) -> Applied:
+    async def apply(self, directory: Path) -> Applied:
         """Create the new definitions of ``directory`` and replace the changed
-        ones; with ``remove`` (the configured directory), delete the containers
-        whose file is gone. Containers applied from another directory are kept
-        like those of ``run``: a reload does not remove them."""
-        own = remove
+        ones. Containers applied from another directory are kept like those of
+        ``run``: a reload does not remove them."""
+        if directory == self.config.definitions_dir:
+            return await self.reload()
         wanted = self._load(directory)
-        result = Applied()
-        if remove:
-            for cid in sorted(self._from_dir - set(wanted)):
-                log.info("definition of %s removed: stopping and deleting it", cid)
-                await self._stop(cid, remove=True)
-                self.definitions.pop(cid, None)
-                self._from_dir.discard(cid)
-                result.removed.append(cid)
-        source = "definitions" if own else "apply"
-        for cid, definition in sorted(wanted.items()):
-            current = self.definitions.get(cid)
-            if current is None:
-                if await self._create(definition, source):
-                    result.created.append(cid)
-                    error = await self._sync_and_report(cid)
-                    if error:
-                        result.errors.append(error)
-            elif current.definition_hash() != definition.definition_hash():
-                log.info("definition of %s changed: replacing it", cid)
-                await self._stop(cid, remove=True)
-                if await self._create(definition, source):
-                    result.replaced.append(cid)
-                    error = await self._sync_and_report(cid)
-                    if error:
-                        result.errors.append(error)
-            if own:
-                self._from_dir.add(cid)
+        try:
+            result = await self._converge(wanted, "apply", own=False, sync=True)
+        except EXPECTED as exc:
+            result = Applied(errors=[str(exc)], incomplete=True)
         result.errors[:0] = self.load_errors
         return result
 
     # -- containers --------------------------------------------------------------
 
-    async def _create(self, definition: ContainerDefinition, source: str = "definitions") -> bool:
+    async def _create(
+        self, definition: ContainerDefinition, source: str = "definitions"
+    ) -> bool | None:
         """Create a definition's container with its start pending: the first
-        sync starts it (also when this daemon dies before it can)."""
+        sync starts it (also when this daemon dies before it can). False when
+        containerd refused it (reported), None when it should be tried again."""
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
@@ -347,7 +420,10 @@ class Daemon(Keeper):
                         definition.id, definition.spec(), labels=labels
                     )
                     self.definitions[definition.id] = definition
-        except (SupervisorError, TimeoutError) as exc:
+        except (Unavailable, TimeoutError, AlreadyExists) as exc:
+            log.warning("cannot create %s yet (%s); retrying", definition.id, exc)
+            return None
+        except SupervisorError as exc:
             log.error("cannot create %s (%s): %s", definition.id, definition.source, exc)
             self.load_errors.append(f"{definition.source}: {exc}")
             return False

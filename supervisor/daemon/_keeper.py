@@ -34,6 +34,7 @@ from ..client import (
 )
 from ..errors import (
     AlreadyExists,
+    ContainerdError,
     FailedPrecondition,
     NotFound,
     SupervisorError,
@@ -63,6 +64,7 @@ from ._logs import RotatingJsonLog
 from ._output import Listener, copy_logs
 from ._plan import (
     START_FAILED_EXIT,
+    UNKNOWN_EXIT,
     Act,
     TaskView,
     lenient_state,
@@ -341,11 +343,16 @@ class Keeper:
         assert self._tg is not None
         journal = self._logs.get(cid)
         if journal is None:
-            journal = self._logs[cid] = RotatingJsonLog(
-                self.config.log_dir / f"{cid}.log",
-                self.config.log_max_bytes,
-                self.config.log_max_files,
-            )
+            try:
+                journal = self._logs[cid] = RotatingJsonLog(
+                    self.config.log_dir / f"{cid}.log",
+                    self.config.log_max_bytes,
+                    self.config.log_max_files,
+                )
+            except OSError as exc:
+                # A full or read-only log disk: the output is read and dropped
+                # (so the container never blocks); the next run tries again.
+                log.error("cannot write %s: %s", self.config.log_dir / f"{cid}.log", exc)
         drained = self._drained[cid] = anyio.Event()
         readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
         listeners = self.output_listeners.setdefault(cid, set())
@@ -486,10 +493,10 @@ class Keeper:
         grace: float | None = None,
         manual: bool = True,
         quiet: bool = True,
-    ) -> None:
+    ) -> bool:
         """Stop a container on our own account (signal, timeout, SIGKILL);
         with ``remove``, delete it too. ``manual``: the policy must not undo it.
-        Errors are logged, or with ``quiet=False`` raised to the caller."""
+        Errors are logged (and False returned), or with ``quiet=False`` raised."""
         try:
             with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
                 async with self._lock(cid):
@@ -498,9 +505,11 @@ class Keeper:
             if not quiet:
                 raise
             log.error("cannot stop %s: %s", cid, exc)
+            return False
         finally:
             if cid in self.definitions:
                 self.scheduler.request(cid)  # a step left undone is retried
+        return True
 
     async def _stop_locked(
         self, cid: str, *, remove: bool, grace: float | None, manual: bool
@@ -608,11 +617,20 @@ async def _stop_task(task: Task, labels: Any, grace: float | None) -> int:
     with contextlib.suppress(NotFound, FailedPrecondition):
         await task.kill(signum)
     with anyio.move_on_after(timeout) as waited:
-        return (await task.wait()).code
+        return await _exit_code(task)
     if waited.cancelled_caught:
         log.warning("container %s ignored signal %d for %gs; SIGKILL",
                     task.container_id, signum, timeout)  # fmt: skip
     with contextlib.suppress(NotFound, FailedPrecondition):
         await task.kill(signal.SIGKILL, all=True)
     with anyio.fail_after(10):
+        return await _exit_code(task)
+
+
+async def _exit_code(task: Task) -> int:
+    try:
         return (await task.wait()).code
+    except (NotFound, ContainerdError):
+        # Its shim died meanwhile ("ttrpc: closed"): the task is over, with a
+        # status nobody knows; the sync records what containerd says next.
+        return UNKNOWN_EXIT

@@ -31,7 +31,7 @@ def publish(listeners: set[Listener], item: object) -> None:
 
 async def copy_logs(
     readers: list[tuple[str, FifoReader]],
-    journal: RotatingJsonLog,
+    journal: RotatingJsonLog | None,
     listeners: set[Listener],
     drained: anyio.Event,
 ) -> None:
@@ -42,6 +42,9 @@ async def copy_logs(
         with contextlib.suppress(anyio.ClosedResourceError):
             async for chunk in reader:
                 when = datetime.now(UTC)
+                if journal is None:
+                    publish(listeners, (when, stream, chunk))
+                    continue
                 try:
                     await anyio.to_thread.run_sync(journal.write, stream, chunk, when)
                 except OSError as exc:  # a full disk must not take the daemon down
@@ -57,8 +60,9 @@ async def copy_logs(
             for stream, reader in readers:
                 tg.start_soon(copy, stream, reader)
     finally:
-        with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
-            await anyio.to_thread.run_sync(journal.flush_partial)
+        if journal is not None:
+            with contextlib.suppress(OSError, ValueError):  # ValueError: closed meanwhile
+                await anyio.to_thread.run_sync(journal.flush_partial)
         drained.set()
         for listener in list(listeners):  # followers end with the output
             listener.close()

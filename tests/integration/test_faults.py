@@ -4,6 +4,7 @@ SIGKILLed, a shim SIGKILLed. Short versions of bench/faults.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -311,3 +312,64 @@ async def test_daemon_failing_at_start_stops_its_containerd(dirs: DaemonDirs) ->
     pid = _managed_pid(dirs)  # the pidfile goes with a clean stop
     assert pid is None or not _alive(pid)
     assert "started containerd" in output
+
+
+async def test_reload_during_a_hung_containerd_is_finished_later(dirs: DaemonDirs) -> None:
+    """SIGHUP while the managed containerd is SIGSTOPped (the daemon kills and
+    restarts it): the removal and the replacement that failed are retried
+    until done, never dropped; the removed container is gone, the changed
+    one runs its new command, and nothing is left unsupervised."""
+    dirs.define("gone", ["sleep", "1000"], restart="always")
+    dirs.define("changed", ["sleep", "1000"], restart="always")
+    dirs.define("same", ["sleep", "1000"], restart="always")
+    daemon = dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        same = await pid_of(client, "same")
+        old_hash = (await labels(client, "changed"))[PREFIX + "definition-hash"]
+    (dirs.defs / "gone.toml").unlink()
+    dirs.define("changed", ["sleep", "2000"], restart="always")
+    stopped = _managed_pid(dirs)
+    assert stopped is not None
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        daemon.send_signal(signal.SIGHUP)
+
+        async def converged() -> bool:
+            if _managed_pid(dirs) == stopped:
+                return False  # the hung one is still there
+            async with Client(dirs.address, dirs.namespace) as client:
+                if not await client.is_serving():
+                    return False
+                ids = {c.id for c in await client.list_containers()}
+                if "gone" in ids or "changed" not in ids:
+                    return False
+                changed = await labels(client, "changed")
+                return (
+                    changed[PREFIX + "definition-hash"] != old_hash
+                    and await pid_of(client, "changed") is not None
+                )
+
+        await until(converged, within=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped, signal.SIGCONT)
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "same") == same  # untouched through it all
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    assert "Traceback" not in dirs.output()
+
+
+async def test_a_definition_that_no_longer_loads_keeps_its_container(dirs: DaemonDirs) -> None:
+    dirs.define("typo", ["sleep", "1000"], restart="always")
+    daemon = dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        pid = await pid_of(client, "typo")
+    (dirs.defs / "typo.toml").write_text('rootfs = "unterminated\n')
+    done = dirs.cli("reload")
+    assert done.code == 1 and "typo.toml" in done.out + done.err
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "typo") == pid
+    assert daemon.poll() is None
