@@ -261,7 +261,10 @@ async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> Non
     end (its output is read and dropped, never left to block it), restarts go
     on, and the daemon logs the failure in one line, no traceback."""
     dirs.logs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(dirs.logs)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=4", "tmpfs", str(dirs.logs)],
+        check=True,
+    )
     try:
         chatty = "i=0; while [ $i -lt 4000 ]; do echo line-$i-$(seq -s - 1 12); i=$((i+1)); done"
         dirs.define("chatty", ["sh", "-c", f"{chatty}; exit 4"], restart="no")
@@ -283,12 +286,16 @@ async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> Non
 
             await until(both_done)
         assert daemon.poll() is None
+        # No room for a third log file: the container runs, its output reaches
+        # the attached client, and only the log misses it.
+        done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "third", "echo", "hi")
+        assert (done.code, done.out) == (0, "hi\n"), done.err
         output = dirs.output()
         assert "Traceback" not in output
         # One line per run whose output could not be written (chatty's one
-        # run, ticker's four at most), each a single line.
+        # run, ticker's four at most, third's log that could not be made).
         failures = [line for line in output.splitlines() if "No space left on device" in line]
-        assert 1 <= len(failures) <= 5, output
+        assert 2 <= len(failures) <= 6, output
         assert all(line.startswith("ERROR supervisor.daemon: cannot write") for line in failures)
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
