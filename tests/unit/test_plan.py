@@ -224,3 +224,13 @@ def test_restart_after_shutdown_follows_the_policy() -> None:
     assert not restart_after_shutdown({POLICY: "no"})
     stopped_by_hand = RestartState(manually_stopped=True).to_labels()
     assert not restart_after_shutdown({POLICY: "always", **stopped_by_hand})
+
+
+def test_a_created_task_counts_as_started_once_its_command_runs() -> None:
+    import os
+
+    from supervisor.daemon._keeper import _runs_user_process
+
+    assert _runs_user_process(os.getpid())  # python, not `runc init`
+    assert not _runs_user_process(0)
+    assert not _runs_user_process(2**22 + 12345)  # no such process
