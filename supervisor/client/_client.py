@@ -329,11 +329,7 @@ class Container:
             if self.client.outage_seen:
                 # A task containerd lost while it died mid-create would keep
                 # its shim and bundle until containerd's next start.
-                self._clear_half_deleted()
-                with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
-                    await self.client._tasks_stub.delete(
-                        tasks_pb.DeleteTaskRequest(container_id=self.id)
-                    )
+                await self._delete_lost_task()
         else:
             state = await task.status()
             raise FailedPrecondition(
@@ -417,18 +413,26 @@ class Container:
         back with its bundle and shim but without the task: Get says NotFound
         and Create AlreadyExists, for ever. Delete still reaches the bundle: it
         stops that shim and removes the bundle."""
+        if await self._task_known():
+            return False  # a task containerd shows: the caller decides about it
+        log.info("container %s: clearing a task containerd lost (it died mid-create)", self.id)
+        await self._delete_lost_task()
+        return True
+
+    async def _task_known(self) -> bool:
         try:
             with map_errors(f"get task {self.id}"):
                 await self.client._tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
         except NotFound:
-            pass
-        else:
-            return False  # a task containerd knows: the caller decides about it
-        log.info("container %s: clearing a task containerd lost (it died mid-create)", self.id)
+            return False
+        return True
+
+    async def _delete_lost_task(self) -> None:
+        """Delete reaches a task containerd cannot show (it answers NotFound
+        all the same): it stops that shim and removes the bundle."""
         self._clear_half_deleted()
         with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
-        return True
 
     def _clear_half_deleted(self) -> None:
         state = self.client.containerd_state
@@ -447,12 +451,7 @@ class Container:
                 exc,
             )
             return False
-        try:
-            with map_errors(f"get task {self.id}"):
-                await self.client._tasks_stub.get(tasks_pb.GetRequest(container_id=self.id))
-        except NotFound:
-            pass
-        else:
+        if await self._task_known():
             return False  # containerd serves a task for it: not a dead bundle
         return await anyio.to_thread.run_sync(
             clear_dead_bundle, Path(state[0]), Path(state[1]), self.client.namespace, self.id

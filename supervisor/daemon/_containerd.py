@@ -116,13 +116,10 @@ class ManagedContainerd:
         """Its state and root directories."""
         return str(self.base / "state"), str(self.base / "root")
 
-    def sweep_task_dirs(self) -> None:
-        """Remove the task bundles a killed containerd leaves and never clears
-        (see ``supervisor.client._bundles``); only while it is not running."""
-        sweep_dead_bundles(self.base / "state", self.base / "root")
-
     async def _spawn(self) -> None:
-        self.sweep_task_dirs()
+        # The task bundles a killed containerd leaves and never clears (see
+        # supervisor.client._bundles) go while it is not running.
+        sweep_dead_bundles(self.base / "state", self.base / "root")
         binary = shutil.which(self.binary) or self.binary
         env = {
             k: v

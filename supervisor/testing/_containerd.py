@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -65,21 +66,7 @@ class ContainerdProcess:
 
     def our_shims(self) -> list[int]:
         """Pids of shims serving this containerd (their command line names our socket)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if (
-                args
-                and args[0].endswith(b"containerd-shim-runc-v2")
-                and (self.address.encode() in args)
-            ):
-                pids.append(int(entry.name))
-        return pids
+        return [pid for pid, args in _shims() if self.address.encode() in args]
 
     def stop(self) -> None:
         """SIGTERM, up to 15 s, then SIGKILL; then end what its shims left running.
@@ -143,17 +130,9 @@ def namespace_processes(namespace: str) -> list[int]:
     """Pids of runc v2 shims serving ``namespace`` and of processes left in
     its containers' cgroups (e.g. a ``runc init`` whose task was lost)."""
     found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if args and args[0].endswith(b"containerd-shim-runc-v2"):
-            for i, arg in enumerate(args[:-1]):
-                if arg == b"-namespace" and args[i + 1] == namespace.encode():
-                    found.add(int(entry.name))
+    for pid, args in _shims():
+        if any(a == b"-namespace" and b == namespace.encode() for a, b in itertools.pairwise(args)):
+            found.add(pid)
     pids_root = CGROUP_ROOT / "pids" / namespace
     if pids_root.is_dir():
         for procs in pids_root.glob("*/cgroup.procs"):
@@ -174,6 +153,21 @@ def remove_namespace_dirs(namespace: str) -> None:
                         child.rmdir()
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+def _shims() -> list[tuple[int, list[bytes]]]:
+    """Every runc v2 shim process: its pid and command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"containerd-shim-runc-v2"):
+            found.append((int(entry.name), args))
+    return found
 
 
 def _descendants(pid: int) -> list[int]:

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from supervisor import Client, Container, FifoIO, NotFound, TaskStatus, Unavailable
+from supervisor.daemon._containerd import _alive
 from supervisor.testing import (
     ContainerdProcess,
     namespace_leftovers,
@@ -96,14 +97,6 @@ def _log_lines(dirs: DaemonDirs, cid: str) -> list[str]:
     if not path.exists():
         return []
     return [json.loads(line)["log"] for line in path.read_text().splitlines()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 async def test_containerd_sigkills_leave_no_container_stopped(dirs: DaemonDirs) -> None:

@@ -86,9 +86,7 @@ async def test_null_io(client: Client, rootfs: Path) -> None:
 
 async def test_file_io(client: Client, rootfs: Path, tmp_path: Path) -> None:
     log = tmp_path / "out.log"
-    container = await make_container(
-        client, rootfs, "file", ["sh", "-c", "echo one; echo two"]
-    )
+    container = await make_container(client, rootfs, "file", ["sh", "-c", "echo one; echo two"])
     task = await container.new_task(FileIO(log))
     await task.start()
     with anyio.fail_after(WAIT):
