@@ -15,11 +15,12 @@ import struct
 import sys
 import termios
 import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import anyio.abc
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -30,8 +31,28 @@ from .errors import SupervisorError, Unavailable, from_grpc
 _READ = 65536
 
 
+#: docker's exit codes for its own errors (see cli.py).
+CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
+
+# How runc says a container's command could not be run, in a start error.
+_NOT_FOUND = re.compile(r'exec: "[^"]*": (executable file not found|stat [^:]*: no such file)')
+_CANNOT_RUN = re.compile(r'exec: "[^"]*": (permission denied|is a directory|exec format error)')
+
+
+def error_code(error: BaseException) -> int:
+    """125 for an error of the CLI or the daemon; 127 and 126, as docker, when the
+    container's command is not found or cannot be run."""
+    text = str(error)
+    if _NOT_FOUND.search(text):
+        return NOT_FOUND
+    if _CANNOT_RUN.search(text):
+        return CANNOT_RUN
+    return CLI_ERROR
+
+
 async def run_command(args: argparse.Namespace) -> int:
-    """Run one CLI verb; errors become one line on stderr and exit code 1."""
+    """Run one CLI verb; errors become one line on stderr and exit code 125 (126,
+    127 for a command that cannot be run or is not found)."""
     path = args.socket
     channel = Channel(path=path)
     try:
@@ -53,7 +74,7 @@ async def run_command(args: argparse.Namespace) -> int:
         except PermissionError:
             error = SupervisorError(f"permission denied on {path} (root or its group only)")
         print(f"supervisor {args.command}: {error}", file=sys.stderr)
-        return 1
+        return error_code(error)
     finally:
         channel.close()
 
@@ -108,6 +129,7 @@ def _info_dict(info: pb.ContainerInfo) -> dict[str, Any]:
         "manually_stopped": info.manually_stopped,
         "oom_kills": info.oom_kills,
         "log_path": info.log_path,
+        "problem": info.problem or None,
     }
 
 
@@ -251,12 +273,27 @@ async def _attached(
     return code
 
 
+#: The signals an attached `run` passes to its container (docker's --sig-proxy).
+_PROXIED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
 async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
     command = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
+    if not args.rootfs:
+        raise SupervisorError("--rootfs DIR is needed (images are not supported yet)")
+    if not command:
+        raise SupervisorError("a command is needed: supervisor run --rootfs DIR CMD [ARG...]")
     definition = pb.Definition(
-        id=args.id,
+        id=args.name,
         rootfs=_absolute(args.rootfs),
         command=command,
         env=_pairs(args.env, "environment entry"),
@@ -291,11 +328,43 @@ async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace)
         size = _terminal_size() if args.tty else None
         if size is not None:
             await stream.send_message(pb.RunInput(resize=size))
+        cid = first.started.id
         with _raw_terminal(args.tty and args.interactive):
-            call.code = await _attached(
-                stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty
-            )
+            async with anyio.create_task_group() as tg:
+                if args.sig_proxy:
+                    await tg.start(_proxy_signals, stub, cid, tg.cancel_scope)
+                call.code = await _attached(
+                    stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty
+                )
+                tg.cancel_scope.cancel()
+            if call.code is None:  # detached by a second Ctrl-C
+                await stream.cancel()  # the container goes on without us
+                print(f"supervisor run: detached; {cid} goes on (supervisor logs -f {cid})",
+                      file=sys.stderr)  # fmt: skip
+                return 0
     return call.result()
+
+
+async def _proxy_signals(
+    stub: pb.ControlStub,
+    cid: str,
+    attached: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Pass the signals the CLI gets to the container, as `docker run` does; a
+    second Ctrl-C (SIGINT) detaches instead: the container goes on."""
+    interrupts = 0
+    with anyio.open_signal_receiver(*_PROXIED) as signals:
+        task_status.started()  # before any output: a Ctrl-C after it is passed on
+        async for signum in signals:
+            if signum == signal.SIGINT:
+                interrupts += 1
+                if interrupts > 1:
+                    attached.cancel()
+                    return
+            with contextlib.suppress(GRPCError, StreamTerminatedError, OSError):
+                await stub.kill(pb.KillRequest(id=cid, signal=signum.name, proxy=True))
 
 
 async def _exec(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
@@ -343,11 +412,14 @@ async def _ps(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) 
             if c.status in ("exited", "stopped") and c.exited
             else c.status
         )
+        if c.problem:
+            status += " (!)"
         rows.append((c.id, status, str(c.pid or "-"), c.restart, str(c.restart_count),
                      " ".join(c.command)[:40]))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
+    for c in reply.containers:
+        if c.problem:
+            print(f"(!) {c.id}: {c.problem}", file=sys.stderr)
     return 0
 
 
@@ -400,7 +472,7 @@ async def _each(args: argparse.Namespace, call: Any) -> int:
         except GRPCError as exc:
             print(f"supervisor {args.command}: {from_grpc(exc)}", file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return CLI_ERROR if failed else 0
 
 
 async def _stop(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
@@ -429,16 +501,83 @@ async def _unpause(stub: pb.ControlStub, channel: Channel, args: argparse.Namesp
 
 
 async def _stats(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    replies = [await stub.stats(pb.ContainerRef(id=cid)) for cid in args.ids]
+    ids = list(args.ids)
+    if not ids:
+        ids = [c.id for c in (await stub.list(pb.ListRequest())).containers]
+    first, failed = await _read_stats(stub, ids, args.command)
+    await anyio.sleep(max(0.0, args.interval))  # CPU % is a rate: two readings
+    second, more = await _read_stats(stub, list(first), args.command)
+    rows = []
+    for cid, now in second.items():
+        before = first[cid]
+        wall = (
+            (now.read_at - before.read_at).total_seconds() if now.read_at and before.read_at else 0
+        )
+        cpu = (now.cpu_total_ns - before.cpu_total_ns) / 1e9 / wall * 100 if wall > 0 else 0.0
+        rows.append((now, max(cpu, 0.0)))
     if args.json:
-        print(json.dumps([r.to_dict() for r in replies], indent=2))
-        return 0
-    print(f"{'ID':20} {'CPU (s)':>10} {'MEMORY':>12} {'LIMIT':>12} {'PIDS':>6} {'OOM':>4}")
-    for r in replies:
-        limit = str(r.memory_limit) if r.memory_limit else "-"
-        print(f"{r.id:20} {r.cpu_total_ns / 1e9:>10.3f} {r.memory_usage:>12} {limit:>12} "
-              f"{r.pids_current:>6} {r.oom_kills:>4}")  # fmt: skip
+        print(json.dumps([{**_stats_dict(r), "cpu_percent": round(cpu, 2)} for r, cpu in rows],
+                         indent=2))  # fmt: skip
+    else:
+        host = _host_memory()
+        table = [("ID", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS")]
+        for r, cpu in rows:
+            limit = r.memory_limit or host
+            share = f"{r.memory_usage / limit * 100:.2f}%" if limit else "-"
+            table.append((r.id, f"{cpu:.2f}%", f"{_human(r.memory_usage)} / {_human(limit)}",
+                          share, str(r.pids_current)))  # fmt: skip
+        _print_table(table)
+    return CLI_ERROR if failed or more else 0
+
+
+async def _read_stats(
+    stub: pb.ControlStub, ids: list[str], command: str
+) -> tuple[dict[str, pb.StatsResponse], bool]:
+    replies: dict[str, pb.StatsResponse] = {}
+    failed = False
+    for cid in ids:
+        try:
+            replies[cid] = await stub.stats(pb.ContainerRef(id=cid))
+        except GRPCError as exc:
+            print(f"supervisor {command}: {from_grpc(exc)}", file=sys.stderr)
+            failed = True
+    return replies, failed
+
+
+def _stats_dict(r: pb.StatsResponse) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "cpu_total_ns": r.cpu_total_ns,
+        "memory_usage": r.memory_usage,
+        "memory_limit": r.memory_limit or None,
+        "pids_current": r.pids_current,
+        "pids_limit": r.pids_limit or None,
+        "oom_kills": r.oom_kills,
+    }
+
+
+def _human(size: float) -> str:
+    """Bytes in binary units, as docker prints them: 1.5MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.4g}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _host_memory() -> int:
+    """The host's memory: the limit of a container without one, as docker shows it."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
     return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 async def _events(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
@@ -469,7 +608,7 @@ async def _apply_result(reply: pb.ApplyResponse) -> int:
             print(f"{verb} {cid}")
     for error in reply.errors:
         print(f"error: {error}", file=sys.stderr)
-    return 1 if reply.errors else 0
+    return CLI_ERROR if reply.errors else 0
 
 
 async def _apply(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:

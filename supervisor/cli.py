@@ -18,11 +18,15 @@ from .errors import SupervisorError
 
 DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
 
+#: Exit codes of the CLI itself, docker's: a script can tell them from a container's own.
+#: 125: the CLI or the daemon failed; 126: the command cannot be run; 127: it is not found.
+CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One line on stderr, exit code 2 (argparse's usual code)."""
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        """One line on stderr, exit code 125 (docker's, for its own errors)."""
+        self.exit(CLI_ERROR, f"{self.prog}: {message} (see --help)\n")
 
 
 def _count(text: str) -> int:
@@ -51,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description or help)
 
     p = cmd("run", "create and start a container", "Create a container from a rootfs and "
-            "start it; without -d, stream its output and exit with its exit code.")  # fmt: skip
+            "start it; without -d, stream its output and exit with its exit code (125: "
+            "the CLI or the daemon failed, 126: the command cannot be run, 127: it is not "
+            "found). Ctrl-C is passed to the container; a second one detaches.")  # fmt: skip
+    p.add_argument("--name", default="", help="the container's id (default: one is made up)")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--restart", default="no", help="no | always | on-failure[:N] | unless-stopped")
@@ -63,11 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir", default="", help="working directory")
     p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    p.add_argument("--rootfs", required=True, help="the container's root directory")
+    p.add_argument("--rootfs", help="the container's root directory (needed for now)")
     p.add_argument("--stop-signal", default="SIGTERM")
     p.add_argument("--stop-timeout", type=float, default=10.0)
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
-    p.add_argument("id")
+    p.add_argument("--sig-proxy", default=True, action=argparse.BooleanOptionalAction,
+                   help="pass signals (Ctrl-C) to the container when attached")  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
 
     p = cmd("ps", "list containers")
@@ -111,9 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("pause", "freeze containers"), ("unpause", "thaw paused containers")):
         cmd(name, text).add_argument("ids", nargs="+", metavar="ID")
 
-    p = cmd("stats", "resource usage of containers")
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p.add_argument("--json", action="store_true")
+    p = cmd("stats", "resource usage of containers (all running ones by default)",
+            "CPU %% over a short interval (100%% is one core), memory use and limit, "
+            "processes; one reading, as `docker stats --no-stream`.")  # fmt: skip
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("--json", action="store_true", help="raw numbers as JSON")
+    p.add_argument("--no-stream", action="store_true", help="accepted for docker's sake")
+    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
     p = cmd("events", "stream the daemon's container events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -177,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             if os.geteuid() != 0:
                 print("supervisor demo: must run as root (containerd and runc)", file=sys.stderr)
-                return 1
+                return CLI_ERROR
             from ._demo import run_demo
 
             return run_demo(args.address)
@@ -186,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return anyio.run(run_command, args)
     except (SupervisorError, FileNotFoundError) as exc:
         print(f"supervisor {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return CLI_ERROR
     except TimeoutError:
         print(f"supervisor {args.command}: timed out", file=sys.stderr)
-        return 1
+        return CLI_ERROR
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -53,6 +54,7 @@ from ._labels import (
     timestamp,
 )
 from ._logs import read_records
+from ._names import pick_name
 from ._plan import lenient_state
 from ._policy import RestartPolicy
 
@@ -146,6 +148,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             manually_stopped=state.manually_stopped,
             oom_kills=state.oom_kills,
             log_path=labels.get(LOG_PATH, ""),
+            problem=self.daemon.problems.get(cid, ""),
         )
 
     def _managed(self, cid: str) -> None:
@@ -198,8 +201,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             cid = message.id
             self._managed(cid)
             signum = _signal(message.signal)
-            # A SIGHUP or SIGUSR1 is not a stop.
-            await self.daemon.kill_container(cid, signum, manual=signum in _STOPPING_SIGNALS)
+            # A SIGHUP or SIGUSR1 is not a stop, nor a signal an attached client forwards.
+            manual = signum in _STOPPING_SIGNALS and not message.proxy
+            await self.daemon.kill_container(cid, signum, manual=manual)
             return await self._info(cid)
 
     async def remove(self, message: pb.RemoveRequest) -> pb.RemoveResponse:
@@ -214,7 +218,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 raise FailedPrecondition(
                     f"container {cid} is {state.status.value}; stop it first or use --force"
                 )
-            await self.daemon.remove_container(cid)
+            # `rm -f` kills at once, as `docker rm -f` does: no stop signal, no grace.
+            await self.daemon.remove_container(cid, kill=message.force)
         return pb.RemoveResponse()
 
     async def pause(self, message: pb.ContainerRef) -> pb.ContainerInfo:
@@ -236,8 +241,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(message.id)
             container = await self.daemon.client.load_container(message.id)
             stats = await (await container.task()).metrics()
+            read_at = datetime.now(UTC)
             state = lenient_state(container.info.labels)
         return pb.StatsResponse(
+            read_at=read_at,
             id=message.id,
             cpu_total_ns=stats.cpu_total_ns,
             memory_usage=stats.memory_usage,
@@ -331,6 +338,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "the first input is the request")
         request = first.request
         with _status():
+            if not request.definition.id:
+                taken = _Taken(self.daemon.definitions, self._reserved)
+                request.definition.id = pick_name(taken)
             definition = _definition(request.definition)
             if definition.id in self.daemon.definitions or definition.id in self._reserved:
                 raise AlreadyExists(f"container {definition.id} already exists")
@@ -422,10 +432,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(start.id)
             container = await self.daemon.client.load_container(start.id)
             task = await container.task()
-            io = self.daemon.client.new_fifo_io(
-                f"{start.id}-exec", stdin=start.stdin, terminal=start.terminal
-            )
             exec_id = f"exec-{os.urandom(4).hex()}"
+            # Named after the exec alone: the container's id may already be 76 characters.
+            io = self.daemon.client.new_fifo_io(exec_id, stdin=start.stdin, terminal=start.terminal)
             process = dict(container.info.spec.get("process") or {})
             process["args"] = list(start.command)
             process["terminal"] = start.terminal
@@ -481,6 +490,16 @@ async def _send_output(stream: Any, name: str, reader: Any) -> None:
     async for chunk in reader:
         out = pb.ExecOutput(stdout=chunk) if name == "stdout" else pb.ExecOutput(stderr=chunk)
         await stream.send_message(out)
+
+
+class _Taken:
+    """The ids in use: the daemon's containers and the ids of runs under way."""
+
+    def __init__(self, *sets: Any) -> None:
+        self._sets = sets
+
+    def __contains__(self, cid: object) -> bool:
+        return any(cid in s for s in self._sets)
 
 
 def _json_list(text: str | None) -> list[str]:
@@ -541,22 +560,48 @@ async def serve(daemon: Daemon, path: Path, group: str | None) -> grpclib.server
         event.method_func = refuse
 
     listen(server, RecvRequest, check_peer)
-    _clear_socket(path)
-    old = os.umask(0o117)
+    prepare_socket_dir(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket (or anything else: the name is ours)
+    # Made with the process's umask (peers are checked anyway), then set to
+    # 0660 root:group through a handle on what bind made, so that nothing put
+    # in its place meanwhile is followed.
+    await server.start(path=str(path))
     try:
-        await server.start(path=str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o660)
-    if gid is not None:
-        os.chown(path, 0, gid)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise SupervisorError(f"control socket {path} was replaced while being made")
+            handle = f"/proc/self/fd/{fd}"
+            os.chown(handle, 0, gid if gid is not None else 0)
+            os.chmod(handle, 0o660)
+        finally:
+            os.close(fd)
+    except BaseException:
+        server.close()
+        raise
     return server
 
 
-def _clear_socket(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def prepare_socket_dir(path: Path) -> None:
+    """Make the control socket's directory if missing (0755), and refuse one that
+    someone other than root could change: a socket there could be replaced by
+    another that answers in the daemon's name. The directory and every one above
+    it must be root's and not writable by others (unless sticky, like /tmp, where
+    others cannot touch root's entries)."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    real = Path(os.path.realpath(parent))
+    for directory in (real, *real.parents):
+        st = os.stat(directory)
+        where = f"control socket {path}: directory {directory}"
+        if st.st_uid != 0:
+            raise SupervisorError(f"{where} belongs to uid {st.st_uid}, not root")
+        sticky = bool(st.st_mode & stat.S_ISVTX) and directory != real
+        if st.st_mode & stat.S_IWOTH and not sticky:
+            raise SupervisorError(f"{where} is writable by anyone (chmod o-w it)")
+        if directory == real and st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+            raise SupervisorError(f"{where} is writable by group {st.st_gid} (chmod g-w it)")
 
 
 def _peer(event: RecvRequest) -> tuple[int, set[int]]:

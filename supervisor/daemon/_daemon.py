@@ -31,10 +31,11 @@ from ..errors import AlreadyExists, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
-from ._control import serve
+from ._control import prepare_socket_dir, serve
 from ._definitions import ContainerDefinition, load_definitions
 from ._keeper import OPERATION_TIMEOUT, RELIST_INTERVAL, Keeper, fingerprint
 from ._labels import (
+    DEFINITION_FILE,
     HASH,
     MANAGED_FILTER,
     NEXT_START,
@@ -101,8 +102,10 @@ class Daemon(Keeper):
         self.load_errors: list[str] = []
         self.managed: ManagedContainerd | None = None
         self._wanted: dict[str, ContainerDefinition] = {}  # the definitions dir, last loaded
-        self._keep: set[str] = set()  # ids whose file did not load: left as they are
+        self._keep: dict[str, str] = {}  # ids whose file did not load (why): left as they are
         self._keep_all = False
+        self._keep_all_why = ""
+        self.problems: dict[str, str] = {}  # what `ps` and `inspect` show beside a container
         self._definitions_dirty = anyio.Event()
 
     # -- lifecycle ---------------------------------------------------------------
@@ -139,6 +142,7 @@ class Daemon(Keeper):
 
     async def _run(self, signals: Any) -> None:
         config = self.config
+        prepare_socket_dir(config.control_socket)  # refused before anything is started
         config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         started = time.monotonic()
         self.notifier.status("starting containerd" if config.managed else "connecting")
@@ -233,16 +237,21 @@ class Daemon(Keeper):
     # -- definitions -------------------------------------------------------------
 
     def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
+        own = directory is None
         directory = directory or self.config.definitions_dir
         definitions, errors = load_definitions(directory)
         self.load_errors = [str(e) for e in errors]
         for error in errors:
             log.error("skipping definition %s", error)
-        # A file that does not load, or a directory that cannot be read (a
-        # typo before a reload, a late mount at boot), removes nothing: its
-        # containers stay as they are.
-        self._keep = {e.path.stem for e in errors}
-        self._keep_all = not directory.is_dir() or any(e.path == directory for e in errors)
+        if own:
+            # A file that does not load, or a directory that cannot be read (a
+            # typo before a reload, a late mount at boot), removes nothing: its
+            # containers stay as they are.
+            self._keep = {e.path.stem: str(e) for e in errors}
+            self._keep |= {str(e.path): str(e) for e in errors}
+            self._keep_all = not directory.is_dir() or any(e.path == directory for e in errors)
+            why = next((str(e) for e in errors if e.path == directory), None)
+            self._keep_all_why = why or f"{directory} is not a directory"
         return {d.id: d for d in definitions}
 
     async def _restore(self) -> None:
@@ -302,11 +311,19 @@ class Daemon(Keeper):
         with anyio.fail_after(OPERATION_TIMEOUT):
             existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
         if own:
+            self.problems.clear()
             for cid, info in sorted(existing.items()):
                 if cid in wanted or info.labels.get(SOURCE, "definitions") != "definitions":
                     continue
-                if self._keep_all or cid in self._keep:
-                    log.warning("keeping %s: its definition could not be read", cid)
+                file = info.labels.get(DEFINITION_FILE, "")
+                if self._keep_all or cid in self._keep or file in self._keep:
+                    why = (
+                        self._keep_all_why
+                        if self._keep_all
+                        else self._keep.get(cid) or self._keep[file]
+                    )
+                    log.warning("keeping %s as it is: %s", cid, why)
+                    self.problems[cid] = f"left as it is: {why}"
                     self._track(cid, info)
                     continue
                 self._track(cid, info)

@@ -116,7 +116,7 @@ class ContainerDefinition:
             env=self.env,
             cwd=self.cwd,
             user=self.user,
-            hostname=self.id,
+            hostname=self.id[:63],  # ids reach 76; a hostname 64 at most
             terminal=self.terminal,
             memory_limit=self.memory,
             cpus=self.cpus,

@@ -44,6 +44,7 @@ from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
 from ._labels import (
     COMMAND,
+    DEFINITION_FILE,
     EXIT_CODE,
     EXIT_PID,
     FINISHED_AT,
@@ -128,6 +129,7 @@ class Keeper:
             **definition.labels,
             MANAGED: "true",
             SOURCE: source,
+            DEFINITION_FILE: str(definition.source),
             COMMAND: json.dumps(list(definition.command)),
             ROOTFS: str(definition.rootfs),
             HASH: definition.definition_hash(),
@@ -478,9 +480,10 @@ class Keeper:
         stop timeout), SIGKILL. The restart policy will not undo it."""
         await self._stop(cid, remove=False, grace=grace, quiet=False)
 
-    async def remove_container(self, cid: str) -> None:
-        """Stop (if running) and delete a container, and forget it."""
-        await self._stop(cid, remove=True, quiet=False)
+    async def remove_container(self, cid: str, *, kill: bool = False) -> None:
+        """Stop (if running) and delete a container, and forget it. ``kill``:
+        SIGKILL at once instead of the stop signal and its grace (``rm -f``)."""
+        await self._stop(cid, remove=True, quiet=False, kill=kill)
 
     async def _shutdown_stop(self, cid: str) -> None:
         await self._stop(cid, remove=False, manual=False)
@@ -493,6 +496,7 @@ class Keeper:
         grace: float | None = None,
         manual: bool = True,
         quiet: bool = True,
+        kill: bool = False,
     ) -> bool:
         """Stop a container on our own account (signal, timeout, SIGKILL);
         with ``remove``, delete it too. ``manual``: the policy must not undo it.
@@ -500,7 +504,9 @@ class Keeper:
         try:
             with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
                 async with self._lock(cid):
-                    await self._stop_locked(cid, remove=remove, grace=grace, manual=manual)
+                    await self._stop_locked(
+                        cid, remove=remove, grace=grace, manual=manual, kill=kill
+                    )
         except (SupervisorError, TimeoutError) as exc:
             if not quiet:
                 raise
@@ -512,7 +518,7 @@ class Keeper:
         return True
 
     async def _stop_locked(
-        self, cid: str, *, remove: bool, grace: float | None, manual: bool
+        self, cid: str, *, remove: bool, grace: float | None, manual: bool, kill: bool = False
     ) -> None:
         try:
             container = await self.client.load_container(cid)
@@ -529,7 +535,7 @@ class Keeper:
             state = None
         if state is not None and state.status is not TaskStatus.STOPPED:
             task = await container.task()
-            code = await _stop_task(task, labels, grace)
+            code = await _stop_task(task, labels, grace, kill=kill)
             if not manual and not remove:
                 # A stop by the daemon's shutdown: recorded, not counted as a
                 # restart; the next daemon starts it again if its policy would
@@ -607,8 +613,14 @@ def _remove_empty_cgroups(spec: dict[str, Any]) -> None:
                 (base / path.lstrip("/")).rmdir()
 
 
-async def _stop_task(task: Task, labels: Any, grace: float | None) -> int:
-    """The stop signal, ``grace`` seconds, then SIGKILL to all; the exit code."""
+async def _stop_task(task: Task, labels: Any, grace: float | None, *, kill: bool = False) -> int:
+    """The stop signal, ``grace`` seconds, then SIGKILL to all (at once with
+    ``kill``); the exit code."""
+    if kill:
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await task.kill(signal.SIGKILL, all=True)
+        with anyio.fail_after(10):
+            return await _exit_code(task)
     try:
         signum = int(labels.get(STOP_SIGNAL, signal.SIGTERM))
         timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace

@@ -28,6 +28,9 @@ EXIT_PID = PREFIX + "exit-pid"
 NEXT_START = PREFIX + "next-start"
 LOG_PATH = PREFIX + "log-path"
 SOURCE = PREFIX + "source"
+#: The definition file a container was made from, so that a file that stops loading keeps
+#: its container even when the file's name is not the container's id.
+DEFINITION_FILE = PREFIX + "definition-file"
 COMMAND = PREFIX + "command"
 ROOTFS = PREFIX + "rootfs"
 REMOVE_ON_EXIT = PREFIX + "remove-on-exit"

@@ -54,9 +54,9 @@ def ps(dirs: DaemonDirs, *flags: str) -> list[dict[str, object]]:
 
 async def test_run_rm_prints_and_passes_the_exit_code(dirs: DaemonDirs) -> None:
     await ready(dirs)
-    done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "hello", "echo", "hi")
+    done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "--name", "hello", "echo", "hi")
     assert (done.code, done.out, done.err) == (0, "hi\n", "")
-    done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "three", "sh", "-c",
+    done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "--name", "three", "sh", "-c",
                     "echo oops >&2; exit 3")  # fmt: skip
     assert (done.code, done.err) == (3, "oops\n")
     assert ps(dirs, "-a") == []
@@ -65,7 +65,9 @@ async def test_run_rm_prints_and_passes_the_exit_code(dirs: DaemonDirs) -> None:
 async def test_run_detached_ps_and_logs_follow(dirs: DaemonDirs) -> None:
     await ready(dirs)
     script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
-    done = dirs.cli("run", "-d", "--rootfs", str(dirs.rootfs), "ticker", "sh", "-c", script)
+    done = dirs.cli(
+        "run", "-d", "--rootfs", str(dirs.rootfs), "--name", "ticker", "sh", "-c", script
+    )
     assert (done.code, done.out) == (0, "ticker\n")
     [info] = ps(dirs)
     assert (info["id"], info["status"]) == ("ticker", "running")
@@ -86,14 +88,16 @@ async def test_run_detached_ps_and_logs_follow(dirs: DaemonDirs) -> None:
 async def test_run_interactive_forwards_stdin(dirs: DaemonDirs, tmp_path: Path) -> None:
     await ready(dirs)
     data = b"".join(b"line %d\n" % n for n in range(2000))
-    done = dirs.cli("run", "--rm", "-i", "--rootfs", str(dirs.rootfs), "cat1", "cat", input=data)
+    done = dirs.cli(
+        "run", "--rm", "-i", "--rootfs", str(dirs.rootfs), "--name", "cat1", "cat", input=data
+    )
     assert (done.code, done.out.encode()) == (0, data)
     source = tmp_path / "input.txt"  # a regular file cannot be polled: read in a thread
     source.write_bytes(b"from a file\n")
     with source.open("rb") as stdin:
         proc = subprocess.run(
             [sys.executable, "-m", "supervisor", "--socket", str(dirs.control), "run", "--rm",
-             "-i", "--rootfs", str(dirs.rootfs), "cat2", "cat"],
+             "-i", "--rootfs", str(dirs.rootfs), "--name", "cat2", "cat"],
             stdin=stdin, capture_output=True, timeout=60,
         )  # fmt: skip
     assert (proc.returncode, proc.stdout) == (0, b"from a file\n")
@@ -101,7 +105,7 @@ async def test_run_interactive_forwards_stdin(dirs: DaemonDirs, tmp_path: Path) 
 
 async def test_logs_of_a_stopped_container_do_not_hang(dirs: DaemonDirs) -> None:
     await ready(dirs)
-    done = dirs.cli("run", "--rootfs", str(dirs.rootfs), "once", "echo", "bye")
+    done = dirs.cli("run", "--rootfs", str(dirs.rootfs), "--name", "once", "echo", "bye")
     assert (done.code, done.out) == (0, "bye\n")
     done = dirs.cli("logs", "-f", "once", timeout=20)
     assert (done.code, done.out) == (0, "bye\n")
@@ -112,7 +116,7 @@ async def test_stop_within_timeout_is_not_undone(dirs: DaemonDirs) -> None:
     await ready(dirs)
     # sleep as pid 1 ignores SIGTERM: the stop must end with SIGKILL after 1 s.
     done = dirs.cli("run", "-d", "--restart", "always", "--rootfs", str(dirs.rootfs),
-                    "sleeper", "sleep", "1000")  # fmt: skip
+                    "--name", "sleeper", "sleep", "1000")  # fmt: skip
     assert done.code == 0, done.err
     started = time.monotonic()
     done = dirs.cli("stop", "-t", "1", "sleeper")
@@ -140,12 +144,15 @@ async def test_events_show_start_and_exit(dirs: DaemonDirs) -> None:
         # The stream is live once it shows an event: run probes until one shows.
         for n in range(1, 100):
             assert (
-                dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), f"probe{n}", "true").code == 0
+                dirs.cli(
+                    "run", "--rm", "--rootfs", str(dirs.rootfs), "--name", f"probe{n}", "true"
+                ).code
+                == 0
             )
             if select.select([events.stdout], [], [], 0.5)[0]:
                 break
             assert time.monotonic() < deadline, "the events stream never showed an event"
-        done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "second", "sh", "-c",
+        done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "--name", "second", "sh", "-c",
                         "exit 2")  # fmt: skip
         assert done.code == 2
         seen: list[dict[str, object]] = []
@@ -161,7 +168,10 @@ async def test_events_show_start_and_exit(dirs: DaemonDirs) -> None:
 
 async def test_exec_it_under_a_pty_and_resize(dirs: DaemonDirs) -> None:
     await ready(dirs)
-    assert dirs.cli("run", "-d", "--rootfs", str(dirs.rootfs), "box", "sleep", "1000").code == 0
+    assert (
+        dirs.cli("run", "-d", "--rootfs", str(dirs.rootfs), "--name", "box", "sleep", "1000").code
+        == 0
+    )
     master, slave = os.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
     setsid = shutil.which("setsid")
@@ -210,7 +220,7 @@ async def test_unprivileged_user_is_refused(dirs: DaemonDirs) -> None:
          "-m", "supervisor", "--socket", str(dirs.control), "ps"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 125
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "permission denied" in lines[0], done.stderr
     assert oct(dirs.control.stat().st_mode & 0o777) == "0o660"
@@ -219,13 +229,17 @@ async def test_unprivileged_user_is_refused(dirs: DaemonDirs) -> None:
 async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
     await ready(dirs)
     for args, code, text in (
-        (("inspect", "ghost"), 1, "no container 'ghost'"),
-        (("logs", "ghost"), 1, "no container 'ghost'"),
-        (("stop", "ghost"), 1, "no container 'ghost'"),
-        (("run", "--rootfs", str(dirs.rootfs), "bad id", "true"), 1, "invalid"),
-        (("run", "--rootfs", "/no/such/dir", "x", "true"), 1, "not a directory"),
-        (("run", "--memory", "lots", "--rootfs", str(dirs.rootfs), "x", "true"), 1, "lots"),
-        (("exec", "ghost", "ls"), 1, "no container 'ghost'"),
+        (("inspect", "ghost"), 125, "no container 'ghost'"),
+        (("logs", "ghost"), 125, "no container 'ghost'"),
+        (("stop", "ghost"), 125, "no container 'ghost'"),
+        (("run", "--rootfs", str(dirs.rootfs), "--name", "bad id", "true"), 125, "invalid"),
+        (("run", "--rootfs", "/no/such/dir", "--name", "x", "true"), 125, "not a directory"),
+        (
+            ("run", "--memory", "lots", "--rootfs", str(dirs.rootfs), "--name", "x", "true"),
+            125,
+            "lots",
+        ),
+        (("exec", "ghost", "ls"), 125, "no container 'ghost'"),
         (
             (
                 "run",
@@ -233,15 +247,18 @@ async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
                 "io.containerd-supervisor/x=1",
                 "--rootfs",
                 str(dirs.rootfs),
+                "--name",
                 "x",
                 "true",
             ),
-            1,
+            125,
             "the daemon's own",
         ),
-        (("logs", "--tail", "-1", "ghost"), 2, "negative"),
-        (("ps", "--bogus"), 2, "unrecognized arguments"),
-        (("frobnicate",), 2, "invalid choice"),
+        (("logs", "--tail", "-1", "ghost"), 125, "negative"),
+        (("ps", "--bogus"), 125, "unrecognized arguments"),
+        (("frobnicate",), 125, "invalid choice"),
+        (("run", "--name", "x", "true"), 125, "--rootfs"),
+        (("run", "--rootfs", str(dirs.rootfs)), 125, "a command is needed"),
     ):
         done = dirs.cli(*args)
         lines = done.err.strip().splitlines()
@@ -251,5 +268,5 @@ async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
         proc.terminate()
         proc.wait(30)
     done = dirs.cli("ps")
-    assert done.code == 1
+    assert done.code == 125
     assert done.err.count("\n") == 1 and "cannot reach the daemon" in done.err

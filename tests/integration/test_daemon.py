@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -245,3 +246,85 @@ async def test_task_gone_while_down_is_an_unknown_exit(dirs: DaemonDirs) -> None
         calm = await labels(client, "calm")
         assert (calm[PREFIX + "exit-code"], calm[PREFIX + "restart-count"]) == ("255", "0")
         assert await pid_of(client, "calm") is None
+
+
+def _daemon_with_socket(tmp_path: Path, socket_path: Path) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[control]\nsocket = "{socket_path}"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "daemon", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "expected"),
+    [(0o777, 0, "writable by anyone"), (0o755, 65534, "belongs to uid 65534")],
+)
+def test_control_socket_directory_others_could_change_is_refused(
+    tmp_path: Path, mode: int, owner: int, expected: str
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.chown(run_dir, owner, owner)
+    run_dir.chmod(mode)
+    done = _daemon_with_socket(tmp_path, run_dir / "control.sock")
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(run_dir) in lines[0], done.stderr
+    # Refused before anything started: no containerd, no socket.
+    assert not (tmp_path / "state" / "containerd").exists()
+    assert list(run_dir.iterdir()) == []
+
+
+async def test_control_socket_planted_link_is_not_followed(dirs: DaemonDirs) -> None:
+    victim = dirs.base / "victim"
+    victim.write_text("root's file\n")
+    victim.chmod(0o600)
+    dirs.control.symlink_to(victim)
+    dirs.start()
+    await dirs.message("READY=1")
+    assert victim.read_text() == "root's file\n" and victim.stat().st_mode & 0o777 == 0o600
+    st = dirs.control.lstat()
+    assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 == 0o660 and st.st_uid == 0
+    assert dirs.cli("ps").code == 0
+
+
+async def test_apply_after_a_restart_keeps_unchanged_containers(
+    dirs: DaemonDirs, tmp_path: Path
+) -> None:
+    """Every field of a definition, stored in the container, is what apply
+    compares after the daemon restarts: nothing unchanged is replaced."""
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    (extra / "full.toml").write_text(
+        f'rootfs = "{dirs.rootfs}"\ncommand = ["sleep", "1000"]\n'
+        'env = { A = "1" }\nuser = "65534:65534"\ncwd = "/tmp"\nmemory = "64m"\n'
+        'cpus = 0.5\npids = 50\nlabels = { team = "a" }\nstop_timeout = 3\n'
+        f'mounts = [{{ source = "{data}", destination = "/data", readonly = true }}]\n'
+    )
+    daemon = dirs.start()
+    await dirs.message("READY=1")
+    done = dirs.cli("apply", str(extra))
+    assert (done.code, done.out) == (0, "created full\n"), done.err
+    async with Client(dirs.address, dirs.namespace) as client:
+        pid = await pid_of(client, "full")
+    assert pid is not None
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(30)
+    dirs.start()
+    await dirs.message("READY=1")
+    done = dirs.cli("apply", str(extra))
+    assert (done.code, done.out, done.err) == (0, "", "")
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "full") == pid
+    (extra / "full.toml").write_text(
+        (extra / "full.toml").read_text().replace('A = "1"', 'A = "2"')
+    )
+    done = dirs.cli("apply", str(extra))
+    assert (done.code, done.out) == (0, "replaced full\n"), done.err
+    assert dirs.cli("rm", "-f", "full").code == 0

@@ -281,7 +281,9 @@ async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> Non
         assert daemon.poll() is None
         # No room for a third log file: the container runs, its output reaches
         # the attached client, and only the log misses it.
-        done = dirs.cli("run", "--rm", "--rootfs", str(dirs.rootfs), "third", "echo", "hi")
+        done = dirs.cli(
+            "run", "--rm", "--rootfs", str(dirs.rootfs), "--name", "third", "echo", "hi"
+        )
         assert (done.code, done.out) == (0, "hi\n"), done.err
         output = dirs.output()
         assert "Traceback" not in output
@@ -297,13 +299,11 @@ async def test_full_log_disk_costs_logs_not_supervision(dirs: DaemonDirs) -> Non
 
 
 async def test_daemon_failing_at_start_stops_its_containerd(dirs: DaemonDirs) -> None:
-    """A control socket that cannot be made (its parent is a file) stops the
+    """A control socket that cannot be made (a directory has its name) stops the
     daemon after its managed containerd started: one line, exit code 1, and
     the managed containerd stopped with it."""
-    blocker = dirs.base / "not-a-dir"
-    blocker.write_text("")
-    config = dirs.config.read_text().replace(str(dirs.control), str(blocker / "control.sock"))
-    dirs.config.write_text(config)
+    dirs.control.mkdir()
+    (dirs.control / "keep").write_text("")
     daemon = dirs.start()
     assert daemon.wait(60) == 1
     output = dirs.output()
@@ -367,9 +367,35 @@ async def test_a_definition_that_no_longer_loads_keeps_its_container(dirs: Daemo
     await dirs.message("READY=1")
     async with Client(dirs.address, dirs.namespace) as client:
         pid = await pid_of(client, "typo")
+    # The file keeps its container even when its name is not the id.
+    (dirs.defs / "other-name.toml").write_text(
+        f'id = "renamed"\nrootfs = "{dirs.rootfs}"\ncommand = ["sleep", "1000"]\n'
+    )
+    assert dirs.cli("reload").code == 0
+    async with Client(dirs.address, dirs.namespace) as client:
+        renamed = await pid_of(client, "renamed")
     (dirs.defs / "typo.toml").write_text('rootfs = "unterminated\n')
+    (dirs.defs / "other-name.toml").write_text('command = "not a list"\n')
     done = dirs.cli("reload")
-    assert done.code == 1 and "typo.toml" in done.out + done.err
+    assert done.code == 125 and "typo.toml" in done.out + done.err
     async with Client(dirs.address, dirs.namespace) as client:
         assert await pid_of(client, "typo") == pid
+        assert await pid_of(client, "renamed") == renamed
+    # ps says why, inspect says it in full.
+    done = dirs.cli("ps")
+    assert done.code == 0
+    rows = {line.split()[0]: line for line in done.out.splitlines()[1:]}
+    assert "(!)" in rows["typo"] and "(!)" in rows["renamed"], done.out
+    assert "typo: left as it is" in done.err and "typo.toml" in done.err, done.err
+    [info] = json.loads(dirs.cli("inspect", "renamed").out)
+    assert "other-name.toml" in info["problem"]
+    # Fixed: the container is the file's again, and the problem is gone.
+    dirs.define("typo", ["sleep", "1000"], restart="always")
+    (dirs.defs / "other-name.toml").unlink()
+    assert dirs.cli("reload").code == 0
+    [info] = json.loads(dirs.cli("inspect", "typo").out)
+    assert info["problem"] is None and info["status"] == "running"
+    async with Client(dirs.address, dirs.namespace) as client:
+        assert await pid_of(client, "typo") == pid  # unchanged file: untouched
+        assert await pid_of(client, "renamed") is None  # removed with its file
     assert daemon.poll() is None

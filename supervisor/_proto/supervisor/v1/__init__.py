@@ -119,6 +119,13 @@ class ContainerInfo(betterproto2.Message):
 
     log_path: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
 
+    problem: "str" = betterproto2.field(17, betterproto2.TYPE_STRING)
+    """
+    Why the daemon cannot do what the container's definition asks, if it
+    cannot: e.g. its definition file no longer loads (the container is left
+    as it is). Empty when all is well.
+    """
+
 
 default_message_pool.register_message("supervisor.v1", "ContainerInfo", ContainerInfo)
 
@@ -134,6 +141,9 @@ default_message_pool.register_message("supervisor.v1", "ContainerRef", Container
 @dataclass(eq=False, repr=False)
 class Definition(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    Empty: the daemon picks a short, readable id that is free (`run` without --name).
+    """
 
     rootfs: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
@@ -292,6 +302,12 @@ class KillRequest(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     signal: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    proxy: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    A signal an attached client forwards (Ctrl-C on `run`): never a manual
+    stop, whatever the signal.
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "KillRequest", KillRequest)
@@ -484,6 +500,13 @@ class StatsResponse(betterproto2.Message):
     pids_limit: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
 
     oom_kills: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
+
+    read_at: "datetime.datetime | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the daemon read these figures (for rates over two readings).
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "StatsResponse", StatsResponse)
