@@ -501,12 +501,9 @@ async def _unpause(stub: pb.ControlStub, channel: Channel, args: argparse.Namesp
 
 
 async def _stats(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    ids = list(args.ids)
-    if not ids:
-        ids = [c.id for c in (await stub.list(pb.ListRequest())).containers]
-    first, failed = await _read_stats(stub, ids, args.command)
+    first, failed = await _read_stats(stub, list(args.ids), args.command)
     await anyio.sleep(max(0.0, args.interval))  # CPU % is a rate: two readings
-    second, more = await _read_stats(stub, list(first), args.command)
+    second, _ = await _read_stats(stub, list(first), args.command, quiet=True)
     rows = []
     for cid, now in second.items():
         before = first[cid]
@@ -527,21 +524,20 @@ async def _stats(stub: pb.ControlStub, channel: Channel, args: argparse.Namespac
             table.append((r.id, f"{cpu:.2f}%", f"{_human(r.memory_usage)} / {_human(limit)}",
                           share, str(r.pids_current)))  # fmt: skip
         _print_table(table)
-    return CLI_ERROR if failed or more else 0
+    return CLI_ERROR if failed else 0
 
 
 async def _read_stats(
-    stub: pb.ControlStub, ids: list[str], command: str
+    stub: pb.ControlStub, ids: list[str], command: str, *, quiet: bool = False
 ) -> tuple[dict[str, pb.StatsResponse], bool]:
-    replies: dict[str, pb.StatsResponse] = {}
-    failed = False
-    for cid in ids:
-        try:
-            replies[cid] = await stub.stats(pb.ContainerRef(id=cid))
-        except GRPCError as exc:
-            print(f"supervisor {command}: {from_grpc(exc)}", file=sys.stderr)
-            failed = True
-    return replies, failed
+    """One reading of ``ids`` (all running containers when empty), in one call."""
+    if not ids and quiet:
+        return {}, False
+    reply = await stub.stats_all(pb.StatsRequest(ids=ids))
+    if not quiet:
+        for cid in reply.not_running:
+            print(f"supervisor {command}: container {cid} is not running", file=sys.stderr)
+    return {r.id: r for r in reply.stats}, bool(reply.not_running)
 
 
 def _stats_dict(r: pb.StatsResponse) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._tasks import Task
-from ._types import ContainerInfo, ProcessState, RuncOptions, Version
+from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
 
 log = logging.getLogger("supervisor.client")
 
@@ -279,6 +279,14 @@ class Client:
         with map_errors("list tasks"):
             reply = await self._tasks_stub.list(tasks_pb.ListTasksRequest())
         return [_wire.process_state(t) for t in reply.tasks]
+
+    async def metrics(self, *filters: str) -> dict[str, Stats]:
+        """The cgroup statistics of every task matching any of ``filters`` (all
+        without), by container id, in one call."""
+        self._check_open()
+        with map_errors("get metrics"):
+            reply = await self._tasks_stub.metrics(tasks_pb.MetricsRequest(filters=list(filters)))
+        return {m.id: _wire.stats(m.data, m.timestamp) for m in reply.metrics}
 
 
 class Container:

@@ -146,6 +146,12 @@ async def test_stats_in_human_units(dirs: DaemonDirs) -> None:
     [raw] = json.loads(done.out)
     assert raw["memory_limit"] == 64 << 20 and raw["pids_current"] == 1
     assert isinstance(raw["cpu_percent"], float) and isinstance(raw["memory_usage"], int)
+    done = dirs.cli("stats", "ghost")
+    assert done.code == 125 and done.err.count("\n") == 1 and "ghost" in done.err, done
+    assert dirs.cli("stop", "-t", "0", "busy").code == 0
+    done = dirs.cli("stats", "busy", "capped")
+    assert done.code == 125 and "busy is not running" in done.err, done
+    assert [line.split()[0] for line in done.out.splitlines()] == ["ID", "capped"]
     assert dirs.cli("rm", "-f", "capped", "busy").code == 0
 
 

@@ -29,6 +29,8 @@ __all__ = (
     "RunInput",
     "RunOutput",
     "RunRequest",
+    "StatsList",
+    "StatsRequest",
     "StatsResponse",
     "StopRequest",
     "VersionRequest",
@@ -486,6 +488,27 @@ default_message_pool.register_message("supervisor.v1", "RunRequest", RunRequest)
 
 
 @dataclass(eq=False, repr=False)
+class StatsList(betterproto2.Message):
+    stats: "list[StatsResponse]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    not_running: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Asked for by id, but with no running task.
+    """
+
+
+default_message_pool.register_message("supervisor.v1", "StatsList", StatsList)
+
+
+@dataclass(eq=False, repr=False)
+class StatsRequest(betterproto2.Message):
+    ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "StatsRequest", StatsRequest)
+
+
+@dataclass(eq=False, repr=False)
 class StatsResponse(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -795,6 +818,27 @@ class ControlStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def stats_all(
+        self,
+        message: "StatsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "StatsList":
+        """
+        Of several containers (all running ones when ids is empty), in one reply.
+        """
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/StatsAll",
+            message,
+            StatsList,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def events(
         self,
         message: "EventsRequest | None" = None,
@@ -922,6 +966,13 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def stats_all(self, message: "StatsRequest") -> "StatsList":
+        """
+        Of several containers (all running ones when ids is empty), in one reply.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def events(self, message: "EventsRequest") -> "AsyncIterator[Event]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -1034,6 +1085,14 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
         response = await self.stats(request)
         await stream.send_message(response)
 
+    async def __rpc_stats_all(
+        self, stream: "grpclib.server.Stream[StatsRequest, StatsList]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.stats_all(request)
+        await stream.send_message(response)
+
     async def __rpc_events(self, stream: "grpclib.server.Stream[EventsRequest, Event]") -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1138,6 +1197,12 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ContainerRef,
                 StatsResponse,
+            ),
+            "/supervisor.v1.Control/StatsAll": grpclib.const.Handler(
+                self.__rpc_stats_all,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                StatsRequest,
+                StatsList,
             ),
             "/supervisor.v1.Control/Events": grpclib.const.Handler(
                 self.__rpc_events,
