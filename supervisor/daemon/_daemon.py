@@ -232,9 +232,11 @@ class Daemon(Keeper):
 
     # -- definitions -------------------------------------------------------------
 
-    def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
+    async def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
         directory = directory or self.config.definitions_dir
-        definitions, errors = load_definitions(directory)
+        # In a thread: loading builds each spec, which reads files in rootfses
+        # that containers may have written (a user's name from /etc/passwd).
+        definitions, errors = await anyio.to_thread.run_sync(load_definitions, directory)
         self.load_errors = [str(e) for e in errors]
         for error in errors:
             log.error("skipping definition %s", error)
@@ -249,7 +251,7 @@ class Daemon(Keeper):
         """Live restore: adopt what runs, bring the containers in line with the
         definitions, and take every container one sync toward its policy
         before the daemon says READY."""
-        wanted = self._load()
+        wanted = await self._load()
         with anyio.fail_after(OPERATION_TIMEOUT):
             existing = await self.client.list_containers(MANAGED_FILTER)
         await self._sweep_fifo_dirs()
@@ -381,7 +383,7 @@ class Daemon(Keeper):
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
-        self._wanted = self._load()
+        self._wanted = await self._load()
         try:
             result = await self._converge_definitions()
         except EXPECTED as exc:
@@ -396,7 +398,7 @@ class Daemon(Keeper):
         ``run``: a reload does not remove them."""
         if directory == self.config.definitions_dir:
             return await self.reload()
-        wanted = self._load(directory)
+        wanted = await self._load(directory)
         try:
             result = await self._converge(wanted, "apply", own=False, sync=True)
         except EXPECTED as exc:
@@ -415,10 +417,9 @@ class Daemon(Keeper):
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
+                spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
                 async with self._lock(definition.id):
-                    await self.client.create_container(
-                        definition.id, definition.spec(), labels=labels
-                    )
+                    await self.client.create_container(definition.id, spec, labels=labels)
                     self.definitions[definition.id] = definition
         except (Unavailable, TimeoutError, AlreadyExists) as exc:
             log.warning("cannot create %s yet (%s); retrying", definition.id, exc)
