@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument
+from ._rootfs import read_in_root
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -92,11 +93,18 @@ def _default_mounts() -> list[dict[str, Any]]:
 
 
 def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
-    """Find ``name`` in the rootfs's /etc/passwd or /etc/group: (id, gid)."""
+    """Find ``name`` in the rootfs's /etc/passwd or /etc/group: (id, gid).
+
+    The container may have written those files: they are read inside the
+    rootfs, and only if they are small regular files (see :func:`read_in_root`).
+    """
+    kind = "user" if table == "passwd" else "group"
     try:
-        lines = (rootfs / "etc" / table).read_text().splitlines()
-    except OSError:
+        lines = read_in_root(rootfs, f"etc/{table}").decode(errors="replace").splitlines()
+    except (FileNotFoundError, NotADirectoryError):
         lines = []
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{kind} {name!r}: {exc}") from None
     for line in lines:
         fields = line.split(":")
         if len(fields) >= 3 and fields[0] == name:
@@ -106,7 +114,7 @@ def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
             except (ValueError, IndexError):
                 break
 
-    raise InvalidArgument(f"user or group {name!r} is not in {rootfs}/etc/{table}")
+    raise InvalidArgument(f"{kind} {name!r} is not in {rootfs}/etc/{table}")
 
 
 def parse_user(user: str, rootfs: Path | None = None) -> dict[str, int]:
@@ -208,6 +216,8 @@ def oci_spec(
     and read-only /proc paths; no_new_privileges. ``cgroups_path`` defaults to
     ``/<namespace>/<container id>``, filled in by ``Client.create_container``.
     Raises :class:`InvalidArgument` for anything unsound, before any call.
+    A ``user`` given by name reads the rootfs's /etc/passwd (blocking, bounded):
+    in async code, build the spec in a thread.
     """
     root = Path(rootfs)
     if not root.is_absolute():

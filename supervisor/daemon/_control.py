@@ -480,7 +480,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 process["cwd"] = start.cwd
             if start.user:
                 rootfs = (container.info.spec.get("root") or {}).get("path")
-                process["user"] = parse_user(start.user, Path(rootfs) if rootfs else None)
+                # In a thread: it reads the container's own /etc/passwd.
+                process["user"] = await anyio.to_thread.run_sync(
+                    parse_user, start.user, Path(rootfs) if rootfs else None
+                )
             if start.terminal and start.size is not None and start.size.width:
                 # The first size is in place before the process runs.
                 process["consoleSize"] = {"height": start.size.height, "width": start.size.width}

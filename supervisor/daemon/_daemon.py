@@ -236,10 +236,13 @@ class Daemon(Keeper):
 
     # -- definitions -------------------------------------------------------------
 
-    def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
+    async def _load(self, directory: Path | None = None) -> dict[str, ContainerDefinition]:
         own = directory is None
         directory = directory or self.config.definitions_dir
-        definitions, errors = load_definitions(directory)
+        # In a thread: loading builds each spec, which reads files in rootfses
+        # that containers may have written (a user's name from /etc/passwd).
+        definitions, errors = await anyio.to_thread.run_sync(load_definitions, directory)
+        is_dir = await anyio.Path(directory).is_dir()
         self.load_errors = [str(e) for e in errors]
         for error in errors:
             log.error("skipping definition %s", error)
@@ -249,7 +252,7 @@ class Daemon(Keeper):
             # containers stay as they are.
             self._keep = {e.path.stem: str(e) for e in errors}
             self._keep |= {str(e.path): str(e) for e in errors}
-            self._keep_all = not directory.is_dir() or any(e.path == directory for e in errors)
+            self._keep_all = not is_dir or any(e.path == directory for e in errors)
             why = next((str(e) for e in errors if e.path == directory), None)
             self._keep_all_why = why or f"{directory} is not a directory"
         return {d.id: d for d in definitions}
@@ -258,7 +261,7 @@ class Daemon(Keeper):
         """Live restore: adopt what runs, bring the containers in line with the
         definitions, and take every container one sync toward its policy
         before the daemon says READY."""
-        wanted = self._load()
+        wanted = await self._load()
         with anyio.fail_after(OPERATION_TIMEOUT):
             existing = await self.client.list_containers(MANAGED_FILTER)
         await self._sweep_fifo_dirs()
@@ -398,7 +401,7 @@ class Daemon(Keeper):
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""
-        self._wanted = self._load()
+        self._wanted = await self._load()
         try:
             result = await self._converge_definitions()
         except EXPECTED as exc:
@@ -413,7 +416,7 @@ class Daemon(Keeper):
         ``run``: a reload does not remove them."""
         if directory == self.config.definitions_dir:
             return await self.reload()
-        wanted = self._load(directory)
+        wanted = await self._load(directory)
         try:
             result = await self._converge(wanted, "apply", own=False, sync=True)
         except EXPECTED as exc:
@@ -432,10 +435,9 @@ class Daemon(Keeper):
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
+                spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
                 async with self._lock(definition.id):
-                    await self.client.create_container(
-                        definition.id, definition.spec(), labels=labels
-                    )
+                    await self.client.create_container(definition.id, spec, labels=labels)
                     self.definitions[definition.id] = definition
         except (Unavailable, TimeoutError, AlreadyExists) as exc:
             log.warning("cannot create %s yet (%s); retrying", definition.id, exc)

@@ -407,10 +407,9 @@ class Keeper:
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
         with anyio.fail_after(OPERATION_TIMEOUT):
+            spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
             async with self._lock(cid):
-                container = await self.client.create_container(
-                    cid, definition.spec(), labels=labels
-                )
+                container = await self.client.create_container(cid, spec, labels=labels)
                 self.definitions[cid] = definition
                 try:
                     task = await self._start_task(container, stdin=stdin)
