@@ -20,6 +20,9 @@
     [logs]
     max_size = "10m"
     max_files = 5
+
+    [metrics]
+    address = "127.0.0.1:9323"          # or "unix:/run/...sock"; absent: no metrics
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class DaemonConfig:
     log_max_files: int = 5
     stop_containers_on_exit: bool = False
     containerd_binary: str = "containerd"
+    #: Where Prometheus scrapes ``/metrics``: (host, port), or a unix socket path.
+    metrics_address: tuple[str, int] | Path | None = None
 
     @property
     def fifo_dir(self) -> Path:
@@ -131,6 +136,7 @@ def load_config(path: Path | None) -> DaemonConfig:
         containerd = top.table("containerd", known=("address", "binary"))
         control = top.table("control", known=("socket", "group"))
         logs = top.table("logs", known=("max_size", "max_files"))
+        metrics = top.table("metrics", known=("address",))
         default = DaemonConfig()
         return DaemonConfig(
             containerd_address=_address(containerd),
@@ -147,6 +153,7 @@ def load_config(path: Path | None) -> DaemonConfig:
                 "stop_containers_on_exit", default.stop_containers_on_exit
             ),
             containerd_binary=_binary(containerd, default.containerd_binary),
+            metrics_address=_metrics_address(metrics),
         )
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.message) from None
@@ -164,7 +171,34 @@ _TOP_KEYS = (
     "containerd",
     "control",
     "logs",
+    "metrics",
 )
+
+
+def _metrics_address(metrics: _Table) -> tuple[str, int] | Path | None:
+    address = metrics.string("address", None)
+    if address is None:
+        return None
+    path = address.removeprefix("unix:").removeprefix("//")
+    if path.startswith("/"):
+        if "\0" in path:
+            metrics.fail("address", "a socket path cannot hold a NUL")
+        return Path(path)
+    host, sep, port = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]  # [::1]:9323
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or any(c.isspace() or c in "/[]" for c in host)
+        or (":" in host) != bracketed
+    ):
+        metrics.fail("address", f"{address!r} is not HOST:PORT or unix:/PATH")
+    if not 0 < int(port) < 65536:
+        metrics.fail("address", f"port {port} is not between 1 and 65535")
+    return host, int(port)
 
 
 def _address(containerd: _Table) -> str | None:

@@ -16,7 +16,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -578,7 +578,13 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
     )
 
 
-async def serve(daemon: Daemon, path: Path, group: str | None) -> grpclib.server.Server:
+async def serve(
+    daemon: Daemon,
+    path: Path,
+    group: str | None,
+    *,
+    observe: Callable[[RecvRequest], None] | None = None,
+) -> grpclib.server.Server:
     """Start the control server on ``path`` (0660, root:group); peers are checked."""
     gid = grp.getgrnam(group).gr_gid if group else None
     server = grpclib.server.Server([ControlService(daemon)])
@@ -598,6 +604,12 @@ async def serve(daemon: Daemon, path: Path, group: str | None) -> grpclib.server
         event.method_func = refuse
 
     listen(server, RecvRequest, check_peer)
+    if observe is not None:
+
+        async def observed(event: RecvRequest) -> None:
+            observe(event)
+
+        listen(server, RecvRequest, observed)
     prepare_socket_dir(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket (or anything else: the name is ours)

@@ -42,6 +42,7 @@ from ._labels import (
     SOURCE,
     definition_from_labels,
 )
+from ._metrics import DaemonMetrics, serve_metrics
 from ._notify import Notifier, watchdog_interval
 from ._output import Listener, publish
 from ._scheduler import EXPECTED
@@ -170,7 +171,13 @@ class Daemon(Keeper):
             tg.start_soon(self.scheduler.run)
             tg.start_soon(self._retry_definitions)
             tg.start_soon(self._relist)
-            server = await serve(self, config.control_socket, config.control_group)
+            observe = None
+            if config.metrics_address is not None:
+                metrics = DaemonMetrics(self)
+                observe = metrics.observe_control
+                where = await tg.start(serve_metrics, metrics.render, config.metrics_address)
+                log.info("metrics on %s/metrics", where)
+            server = await serve(self, config.control_socket, config.control_group, observe=observe)
             running = len(self._tasks)
             log.info(
                 "ready in %.2fs: %d definitions, %d containers running",

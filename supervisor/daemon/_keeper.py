@@ -40,6 +40,7 @@ from ..errors import (
     SupervisorError,
     Unavailable,
 )
+from ..events import PipelineStats
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
 from ._labels import (
@@ -386,6 +387,10 @@ class Keeper:
         self._tg.start_soon(io.aclose)
 
     # -- operations for the control API --------------------------------------------
+
+    def pipeline_stats(self) -> PipelineStats:
+        """The event pipeline's counters (zeros before it runs)."""
+        return self._sup.pipeline.stats if self._sup is not None else PipelineStats()
 
     def is_running(self, cid: str) -> bool:
         """Whether the daemon pumps a live task's output for this container."""

@@ -67,6 +67,8 @@ class PipelineStats:
     reconciled_exits: int = 0
     skipped: int = 0
     subscriptions: int = 0
+    #: How long the last reconcile took: listing tasks and queueing the exits found.
+    last_reconcile_seconds: float = 0.0
 
 
 class _SyncTimeout(Exception):
@@ -361,6 +363,7 @@ class EventPipeline:
 
     async def _reconcile(self, first: bool, task_status: TaskStatus[None], tg: TaskGroup) -> None:
         snapshot = dict(self._known.processes)
+        began = time.monotonic()
         try:
             tasks = await self.client.list_tasks()
             execs: dict[tuple[str, str], ProcessState | None] = {}
@@ -390,6 +393,7 @@ class EventPipeline:
             delivered += 1
             await self._queues.put(exit_event.container_id, EventType.EXIT, exit_event)
         self.stats.reconciled_exits += delivered
+        self.stats.last_reconcile_seconds = time.monotonic() - began
         self._counted()
         for (cid, exec_id), pid in alive.items():
             if (cid, exec_id) not in self._known.processes and not self._ledger.delivered(

@@ -348,3 +348,42 @@ def test_parse_size(value: int | str, size: int) -> None:
 def test_parse_size_rejects(value: int | str, expected: str) -> None:
     with pytest.raises(InvalidArgument, match=expected):
         parse_size(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("127.0.0.1:9323", ("127.0.0.1", 9323)),
+        ("localhost:1", ("localhost", 1)),
+        ("[::1]:65535", ("::1", 65535)),
+        ("0.0.0.0:9323", ("0.0.0.0", 9323)),
+        ("unix:/run/supervisor/metrics.sock", Path("/run/supervisor/metrics.sock")),
+        ("unix:///run/m.sock", Path("/run/m.sock")),
+        ("/run/m.sock", Path("/run/m.sock")),
+    ],
+)
+def test_metrics_address(tmp_path: Path, value: str, address: object) -> None:
+    config = load_config(write(tmp_path, f'[metrics]\naddress = "{value}"\n'))
+    assert config.metrics_address == address
+    assert load_config(write(tmp_path, "")).metrics_address is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("9323", "not HOST:PORT"),
+        (":9323", "not HOST:PORT"),
+        ("host:", "not HOST:PORT"),
+        ("host:http", "not HOST:PORT"),
+        ("host:0", "between 1 and 65535"),
+        ("host:70000", "between 1 and 65535"),
+        ("host:-1", "not HOST:PORT"),
+        ("a b:80", "not HOST:PORT"),
+        ("unix:relative.sock", "not HOST:PORT"),
+        ("::1:80", "not HOST:PORT"),
+    ],
+)
+def test_bad_metrics_address(tmp_path: Path, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_config(write(tmp_path, f'[metrics]\naddress = "{value}"\n'))
+    assert caught.value.key == "metrics.address"
