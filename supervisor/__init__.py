@@ -1,31 +1,82 @@
-"""containerd-supervisor: an asyncio container supervisor for containerd."""
+"""containerd-supervisor: an asyncio container supervisor for containerd.
 
-from ._supervisor import Supervisor as Supervisor
-from .client import Client as Client
-from .client import Container as Container
-from .client import ExitStatus as ExitStatus
-from .client import FifoIO as FifoIO
-from .client import FileIO as FileIO
-from .client import NullIO as NullIO
-from .client import Process as Process
-from .client import Task as Task
-from .client import TaskStatus as TaskStatus
-from .client import oci_spec as oci_spec
-from .errors import AlreadyExists as AlreadyExists
-from .errors import ContainerdError as ContainerdError
-from .errors import FailedPrecondition as FailedPrecondition
-from .errors import InvalidArgument as InvalidArgument
-from .errors import NotFound as NotFound
-from .errors import SupervisorError as SupervisorError
-from .errors import Unavailable as Unavailable
-from .errors import Unimplemented as Unimplemented
-from .events import Backend as Backend
-from .events import ConnectionState as ConnectionState
-from .events import Event as Event
-from .events import EventType as EventType
-from .events import TaskExit as TaskExit
+The names below load on first use, so that the command line (and anything
+else that needs one part) does not pay for importing the whole library.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "Supervisor": "._supervisor",
+    "Client": ".client",
+    "Container": ".client",
+    "ExitStatus": ".client",
+    "FifoIO": ".client",
+    "FileIO": ".client",
+    "NullIO": ".client",
+    "Process": ".client",
+    "Task": ".client",
+    "TaskStatus": ".client",
+    "oci_spec": ".client",
+    "AlreadyExists": ".errors",
+    "ContainerdError": ".errors",
+    "FailedPrecondition": ".errors",
+    "InvalidArgument": ".errors",
+    "NotFound": ".errors",
+    "SupervisorError": ".errors",
+    "Unavailable": ".errors",
+    "Unimplemented": ".errors",
+    "Backend": ".events",
+    "ConnectionState": ".events",
+    "Event": ".events",
+    "EventType": ".events",
+    "TaskExit": ".events",
+}
+
+if TYPE_CHECKING:
+    from ._supervisor import Supervisor as Supervisor
+    from .client import Client as Client
+    from .client import Container as Container
+    from .client import ExitStatus as ExitStatus
+    from .client import FifoIO as FifoIO
+    from .client import FileIO as FileIO
+    from .client import NullIO as NullIO
+    from .client import Process as Process
+    from .client import Task as Task
+    from .client import TaskStatus as TaskStatus
+    from .client import oci_spec as oci_spec
+    from .errors import AlreadyExists as AlreadyExists
+    from .errors import ContainerdError as ContainerdError
+    from .errors import FailedPrecondition as FailedPrecondition
+    from .errors import InvalidArgument as InvalidArgument
+    from .errors import NotFound as NotFound
+    from .errors import SupervisorError as SupervisorError
+    from .errors import Unavailable as Unavailable
+    from .errors import Unimplemented as Unimplemented
+    from .events import Backend as Backend
+    from .events import ConnectionState as ConnectionState
+    from .events import Event as Event
+    from .events import EventType as EventType
+    from .events import TaskExit as TaskExit
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = (
     "AlreadyExists",

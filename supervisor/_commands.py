@@ -26,6 +26,7 @@ from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto.supervisor import v1 as pb
+from ._units import parse_size
 from .errors import SupervisorError, Unavailable, from_grpc
 
 _READ = 65536
@@ -107,8 +108,6 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def _size(text: str | None) -> int:
     if not text:
         return 0
-    from .daemon._config import parse_size
-
     return parse_size(text)
 
 

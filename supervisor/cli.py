@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -11,10 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import anyio
-
 from . import __version__
-from .errors import SupervisorError
 
 DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
 
@@ -150,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _daemon(config_path: Path | None) -> int:
+    import logging
+
     from .daemon import ConfigError, Daemon, DaemonError, load_config
 
     try:
@@ -169,6 +167,8 @@ def _daemon(config_path: Path | None) -> int:
     if os.geteuid() != 0:
         print("supervisor daemon: must run as root (containerd and runc)", file=sys.stderr)
         return 1
+    import anyio
+
     try:
         anyio.run(Daemon(config).run)
     except DaemonError as exc:
@@ -193,14 +193,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(args.address)
+        import anyio
+
         from ._commands import run_command
 
         return anyio.run(run_command, args)
-    except (SupervisorError, FileNotFoundError) as exc:
+    except Exception as exc:
+        from .errors import SupervisorError  # imported here: --help stays quick
+
+        if isinstance(exc, TimeoutError):
+            print(f"supervisor {args.command}: timed out", file=sys.stderr)
+            return CLI_ERROR
+        if not isinstance(exc, SupervisorError | FileNotFoundError):
+            raise
         print(f"supervisor {args.command}: {exc}", file=sys.stderr)
-        return CLI_ERROR
-    except TimeoutError:
-        print(f"supervisor {args.command}: timed out", file=sys.stderr)
         return CLI_ERROR
     except KeyboardInterrupt:
         return 130

@@ -28,14 +28,13 @@
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from .._units import parse_size
 from ..client import validate_id
 from ..errors import InvalidArgument, SupervisorError
 
@@ -50,9 +49,7 @@ __all__ = (
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 _MIB = 1024 * 1024
-_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _D = TypeVar("_D")
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 class ConfigError(SupervisorError, ValueError):
@@ -96,32 +93,6 @@ class DaemonConfig:
     def managed(self) -> bool:
         """Whether the daemon runs its own containerd (no address was configured)."""
         return self.containerd_address is None
-
-
-def parse_size(value: int | str) -> int:
-    """A positive byte count from an int or a string such as ``"512k"`` or ``"1.5g"``.
-
-    Units are binary (k = 1024) and case-insensitive, optionally followed by
-    ``b`` or ``ib`` (``"10MiB"``); a bare number is bytes. Raises
-    :class:`InvalidArgument` for anything else, zero or a negative size.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidArgument(f"size must be an integer or a string, not {_describe(value)}")
-    if isinstance(value, int):
-        size = value
-    else:
-        match = _SIZE.fullmatch(value.strip())
-        if match is None:
-            raise InvalidArgument(
-                f"size {value!r} is not a number of bytes with an optional k, m, g or t suffix"
-            )
-        exact = Decimal(match[1]) * _UNITS[(match[2] or "").lower()]
-        if exact != exact.to_integral_value():
-            raise InvalidArgument(f"size {value!r} is not a whole number of bytes")
-        size = int(exact)
-    if size <= 0:
-        raise InvalidArgument(f"size {value!r} must be positive")
-    return size
 
 
 def load_config(path: Path | None) -> DaemonConfig:

@@ -1,0 +1,43 @@
+"""Byte sizes as people write them ("64m", "1.5g"): shared by the daemon's config,
+the definitions and the command line, which must not import the rest to parse one."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from .errors import InvalidArgument
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: int | str) -> int:
+    """A positive byte count from an int or a string such as ``"512k"`` or ``"1.5g"``.
+
+    Units are binary (k = 1024) and case-insensitive, optionally followed by
+    ``b`` or ``ib`` (``"10MiB"``); a bare number is bytes. Raises
+    :class:`InvalidArgument` for anything else, zero or a negative size.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidArgument(f"size must be an integer or a string, not {_describe(value)}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise InvalidArgument(
+                f"size {value!r} is not a number of bytes with an optional k, m, g or t suffix"
+            )
+        exact = Decimal(match[1]) * _UNITS[(match[2] or "").lower()]
+        if exact != exact.to_integral_value():
+            raise InvalidArgument(f"size {value!r} is not a whole number of bytes")
+        size = int(exact)
+    if size <= 0:
+        raise InvalidArgument(f"size {value!r} must be positive")
+    return size
+
+
+def _describe(value: object) -> str:
+    names = {bool: "a boolean", float: "a float", list: "an array", dict: "a table"}
+    return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
