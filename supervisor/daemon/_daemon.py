@@ -33,7 +33,7 @@ from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
 from ._control import prepare_socket_dir, serve
 from ._definitions import ContainerDefinition, load_definitions
-from ._keeper import OPERATION_TIMEOUT, RELIST_INTERVAL, Keeper, fingerprint
+from ._keeper import OPERATION_TIMEOUT, RELIST_INTERVAL, Keeper, Seen, fingerprint
 from ._labels import (
     DEFINITION_FILE,
     HASH,
@@ -280,10 +280,17 @@ class Daemon(Keeper):
                     log.error("cannot adopt %s: %s", info.id, exc)
         self._wanted = wanted
         await self._converge_definitions(sync=False)
+        # One listing of each for all first syncs: at scale, a container that
+        # only needs adopting must cost no call of its own.
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            containers = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+            tasks = {t.container_id: t for t in await self.client.list_tasks()}
         limit = anyio.Semaphore(32)
         async with anyio.create_task_group() as tg:
             for cid in list(self.definitions):
-                tg.start_soon(self._first_sync, cid, limit)
+                listed = containers.get(cid)
+                seen = None if listed is None else (listed, tasks.get(cid))
+                tg.start_soon(self._first_sync, cid, limit, seen)
 
     async def _converge_definitions(self, *, sync: bool = True) -> Applied:
         """Bring the containers of the definitions directory in line with the
@@ -376,16 +383,18 @@ class Daemon(Keeper):
             with contextlib.suppress(SupervisorError, ValueError):
                 self.definitions[cid] = definition_from_labels(info)
 
-    async def _first_sync(self, cid: str, limit: anyio.Semaphore) -> None:
+    async def _first_sync(self, cid: str, limit: anyio.Semaphore, seen: Seen | None) -> None:
         async with limit:
-            await self._sync_and_report(cid, first=True)
+            await self._sync_and_report(cid, first=True, seen=seen)
 
-    async def _sync_and_report(self, cid: str, *, first: bool = False) -> str | None:
+    async def _sync_and_report(
+        self, cid: str, *, first: bool = False, seen: Seen | None = None
+    ) -> str | None:
         """Sync now; a failure is logged and left to the scheduler to retry.
         Returns why the container could not be started, if it could not."""
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
-                at = await self.sync(cid, first=first)
+                at = await self.sync(cid, first=first, seen=seen)
         except EXPECTED as exc:
             self.scheduler.request(cid, time.time() + 0.2)  # it logs what persists
             return f"{cid}: {exc}"

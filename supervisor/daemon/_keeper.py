@@ -25,6 +25,7 @@ from .._supervisor import Supervisor
 from ..client import (
     Client,
     Container,
+    ContainerInfo,
     FifoIO,
     NullIO,
     ProcessIO,
@@ -78,6 +79,9 @@ from ._policy import RestartState, manual_start, manual_stop, record_oom
 from ._scheduler import SyncScheduler
 
 log = logging.getLogger("supervisor.daemon")
+
+#: A container and its task (None: no task) as a listing found them.
+Seen = tuple[ContainerInfo, "ProcessState | None"]
 
 
 #: Bound on each container operation the daemon makes on its own.
@@ -149,10 +153,14 @@ class Keeper:
 
     # -- sync: the level-triggered core -------------------------------------------
 
-    async def sync(self, cid: str, *, first: bool = False) -> float | None:
+    async def sync(
+        self, cid: str, *, first: bool = False, seen: Seen | None = None
+    ) -> float | None:
         """Take container ``cid`` toward its policy, from what containerd says
         now. Returns the epoch time it wants to run again, or None. ``first``:
-        the daemon's first look at it after its own start."""
+        the daemon's first look at it after its own start. ``seen``: the
+        container and its task from a listing just made, so that a container
+        with nothing to do costs no call (any step is taken on a fresh read)."""
         if self._stopping or cid not in self.definitions:
             return None
         lock = self._lock(cid)
@@ -166,6 +174,14 @@ class Keeper:
             if cid in self._doomed:
                 await self._stop_locked(cid, remove=True, grace=0.0, manual=True)
                 return None
+            if seen is not None and not self._oom_pending.get(cid):
+                info, state = seen
+                step = plan(_view(state), info.labels, time.time(), first=first)
+                if step.act in (Act.NOTHING, Act.ADOPT, Act.WAIT):
+                    self._seen[cid] = fingerprint(state)
+                    if step.act is Act.ADOPT and state is not None:
+                        await self._ensure_pumped(Container(self.client, info), state)
+                    return step.at if step.act is Act.WAIT else None
             return await self._sync_locked(cid, first=first)
 
     async def _sync_locked(
