@@ -1,5 +1,6 @@
 """Run `ctr events` (the Go reference subscriber) and print, as JSON, the wall
-time at which it had seen each tenth of N task-exit events, then exit.
+time at which it had seen each tenth of N task-exit events and the CPU time
+`ctr events` itself used from the first of them to the last, then exit.
 
     python bench/_ctr_counter.py SOCKET N
 """
@@ -7,10 +8,18 @@ time at which it had seen each tenth of N task-exit events, then exit.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -22,16 +31,21 @@ def main() -> None:
     marks: list[float] = []
     seen = 0
     step = max(n // 10, 1)
+    cpu_first = cpu_last = 0.0
     for line in proc.stdout:
         if b"/tasks/exit" in line and b"bench-" in line:
             seen += 1
+            if seen == 1:
+                cpu_first = cpu_seconds(proc.pid)
             if seen % step == 0:
                 marks.append(time.time())
             if seen >= n:
+                cpu_last = cpu_seconds(proc.pid)
                 break
     proc.terminate()
     proc.wait()
-    print(json.dumps({"seen": seen, "marks": marks}), flush=True)
+    cpu = {"cpu_seconds": cpu_last - cpu_first}
+    print(json.dumps({"seen": seen, "marks": marks, **cpu}), flush=True)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,7 @@ async def throughput(
         "seconds": t1 - t0,
         "events_per_s": n / (backend.marks[-1] - backend.first_at),
         "cpu_us_per_event": (cpu1 - cpu0) / n * 1e6,
+        "ctr_cpu_us_per_event": ctr["cpu_seconds"] / max(ctr["seen"] - 1, 1) * 1e6,
         "max_lag_ms": max(lags) * 1000 if lags else float("nan"),
         "final_lag_ms": lags[-1] * 1000 if lags else float("nan"),
         "lags_ms": [round(x * 1000, 1) for x in lags],
@@ -180,6 +181,7 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
         daemon.stop()
         remove_namespace_dirs(NAMESPACE)
     r = result
+    r["cpu_ratio"] = r["cpu_us_per_event"] / r["ctr_cpu_us_per_event"]
     lost = r["events"] - r["delivered"]
     print(
         f"throughput: {r['events']:.0f} synthetic TaskExit events, {args.containers} container ids"
@@ -190,7 +192,9 @@ async def bench(args: argparse.Namespace, base: Path) -> None:
     )
     print(
         f"  {r['events_per_s']:.0f} events/s delivered; "
-        f"{r['cpu_us_per_event']:.1f} us CPU per event in this process"
+        f"{r['cpu_us_per_event']:.1f} us CPU per event in this process; `ctr events` "
+        f"{r['ctr_cpu_us_per_event']:.1f} us (ratio {r['cpu_ratio']:.2f}, "
+        "target <= 0.5; ctr also formats and prints each event)"
     )
     print(
         f"  behind ctr events: worst {r['max_lag_ms']:.1f} ms, at the end "
