@@ -52,7 +52,8 @@ from ._labels import (
     STARTED_AT,
     timestamp,
 )
-from ._logs import read_records
+from ._logs import iter_records, next_batch
+from ._output import FOLLOWER_LIMIT, Follower, Listener
 from ._plan import lenient_state
 from ._policy import RestartPolicy
 
@@ -61,7 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.control")
 
-#: Buffered records per `logs -f` or `events` client before it is dropped.
+#: Buffered items per `events` client (small: a few MiB at most) or attached `run` client
+#: before it is dropped; a `logs -f` client is bounded by bytes (_output.FOLLOWER_LIMIT).
 LISTENER_BUFFER = 4096
 #: How long an attached call waits for its client to close after the exit code.
 CLIENT_CLOSE_TIMEOUT = 5.0
@@ -266,38 +268,50 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         cid = message.id
         with _status():
             self._managed(cid)
-        daemon = self.daemon
-        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
-        follow = message.follow and daemon.is_running(cid)  # nothing to follow otherwise
-        if follow:
-            daemon.output_listeners.setdefault(cid, set()).add(send)
-        else:
-            send.close()
-        path = daemon.config.log_dir / f"{cid}.log"
         if message.has_tail and message.tail < 0:
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "--tail must be 0 or more")
-        tail = message.tail if message.has_tail else None
-        records = await anyio.to_thread.run_sync(lambda: read_records(path, tail=tail))
+        daemon = self.daemon
+        follower = Follower()
+        listeners: set[Listener] = set()
+        follow = message.follow and daemon.is_running(cid)  # nothing to follow otherwise
+        if follow:
+            listeners = daemon.output_listeners.setdefault(cid, set())
+            listeners.add(follower)  # before the files are read: nothing falls in between
+        path = daemon.config.log_dir / f"{cid}.log"
+        # Streamed from a thread a batch at a time: the call holds one batch, not the files.
+        records = iter_records(path, tail=message.tail if message.has_tail else None)
         since = message.since
         last: datetime | None = None
-        for record in records:
-            when = _ts(record.get("time", "").replace("Z", "+00:00"))
-            if since is not None and when is not None and when < since:
-                continue
-            last = when
-            yield pb.LogRecord(
-                time=when,
-                stream=record.get("stream", ""),
-                line=record.get("log", "").encode(),
-                partial=bool(record.get("partial")),
+        try:
+            with follower:
+                while batch := await anyio.to_thread.run_sync(next_batch, records):
+                    for record in batch:
+                        when = _ts(record["time"].replace("Z", "+00:00"))
+                        if since is not None and when is not None and when < since:
+                            continue
+                        last = when
+                        yield pb.LogRecord(
+                            time=when,
+                            stream=record["stream"],
+                            line=record["log"].encode(),
+                            partial=bool(record.get("partial")),
+                        )
+                records.close()
+                if not follow:
+                    return
+                async for when, stream, chunk in follower:
+                    if last is not None and when <= last:
+                        continue  # already in the file we just read
+                    yield pb.LogRecord(time=when, stream=stream, line=chunk)
+        finally:
+            records.close()
+            listeners.discard(follower)
+        if follower.dropped:
+            raise GRPCError(
+                grpclib.const.Status.RESOURCE_EXHAUSTED,
+                f"log follower too slow, dropped: more than {FOLLOWER_LIMIT >> 20} MiB "
+                "of output behind",
             )
-        if not follow:
-            return
-        with receive:
-            async for when, stream, chunk in receive:
-                if last is not None and when <= last:
-                    continue  # already in the file we just read
-                yield pb.LogRecord(time=when, stream=stream, line=chunk)
 
     async def events(self, message: pb.EventsRequest) -> AsyncIterator[pb.Event]:
         send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
