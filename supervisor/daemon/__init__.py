@@ -11,6 +11,7 @@ from ._definitions import ContainerDefinition as ContainerDefinition
 from ._definitions import DefinitionError as DefinitionError
 from ._definitions import load_definitions as load_definitions
 from ._logs import RotatingJsonLog as RotatingJsonLog
+from ._logs import iter_records as iter_records
 from ._logs import read_records as read_records
 from ._notify import Notifier as Notifier
 from ._policy import RestartPolicy as RestartPolicy
@@ -30,6 +31,7 @@ __all__ = (
     "RestartState",
     "RotatingJsonLog",
     "decide",
+    "iter_records",
     "load_config",
     "load_definitions",
     "read_records",

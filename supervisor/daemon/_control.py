@@ -54,8 +54,9 @@ from ._labels import (
     STARTED_AT,
     timestamp,
 )
-from ._logs import read_records
+from ._logs import iter_records, next_batch
 from ._names import pick_name
+from ._output import FOLLOWER_LIMIT, Follower, Listener
 from ._plan import lenient_state
 from ._policy import RestartPolicy
 
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("supervisor.control")
 
-#: Buffered records per `logs -f` or `events` client before it is dropped.
+#: Buffered items per `events` client (small: a few MiB at most) or attached `run` client
+#: before it is dropped; a `logs -f` client is bounded by bytes (_output.FOLLOWER_LIMIT).
 LISTENER_BUFFER = 4096
 #: How long an attached call waits for its client to close after the exit code.
 CLIENT_CLOSE_TIMEOUT = 5.0
@@ -308,38 +310,50 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         cid = message.id
         with _status():
             self._managed(cid)
-        daemon = self.daemon
-        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
-        follow = message.follow and daemon.is_running(cid)  # nothing to follow otherwise
-        if follow:
-            daemon.output_listeners.setdefault(cid, set()).add(send)
-        else:
-            send.close()
-        path = daemon.config.log_dir / f"{cid}.log"
         if message.has_tail and message.tail < 0:
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, "--tail must be 0 or more")
-        tail = message.tail if message.has_tail else None
-        records = await anyio.to_thread.run_sync(lambda: read_records(path, tail=tail))
+        daemon = self.daemon
+        follower = Follower()
+        listeners: set[Listener] = set()
+        follow = message.follow and daemon.is_running(cid)  # nothing to follow otherwise
+        if follow:
+            listeners = daemon.output_listeners.setdefault(cid, set())
+            listeners.add(follower)  # before the files are read: nothing falls in between
+        path = daemon.config.log_dir / f"{cid}.log"
+        # Streamed from a thread a batch at a time: the call holds one batch, not the files.
+        records = iter_records(path, tail=message.tail if message.has_tail else None)
         since = message.since
         last: datetime | None = None
-        for record in records:
-            when = _ts(record.get("time", "").replace("Z", "+00:00"))
-            if since is not None and when is not None and when < since:
-                continue
-            last = when
-            yield pb.LogRecord(
-                time=when,
-                stream=record.get("stream", ""),
-                line=record.get("log", "").encode(),
-                partial=bool(record.get("partial")),
+        try:
+            with follower:
+                while batch := await anyio.to_thread.run_sync(next_batch, records):
+                    for record in batch:
+                        when = _ts(record["time"].replace("Z", "+00:00"))
+                        if since is not None and when is not None and when < since:
+                            continue
+                        last = when
+                        yield pb.LogRecord(
+                            time=when,
+                            stream=record["stream"],
+                            line=record["log"].encode(),
+                            partial=bool(record.get("partial")),
+                        )
+                records.close()
+                if not follow:
+                    return
+                async for when, stream, chunk in follower:
+                    if last is not None and when <= last:
+                        continue  # already in the file we just read
+                    yield pb.LogRecord(time=when, stream=stream, line=chunk)
+        finally:
+            records.close()
+            listeners.discard(follower)
+        if follower.dropped:
+            raise GRPCError(
+                grpclib.const.Status.RESOURCE_EXHAUSTED,
+                f"log follower too slow, dropped: more than {FOLLOWER_LIMIT >> 20} MiB "
+                "of output behind",
             )
-        if not follow:
-            return
-        with receive:
-            async for when, stream, chunk in receive:
-                if last is not None and when <= last:
-                    continue  # already in the file we just read
-                yield pb.LogRecord(time=when, stream=stream, line=chunk)
 
     async def events(self, message: pb.EventsRequest) -> AsyncIterator[pb.Event]:
         send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
@@ -381,26 +395,26 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 raise AlreadyExists(f"container {definition.id} already exists")
             self._reserved.add(definition.id)  # before any await: two runs, one winner
             try:
-                io, receive, exited = await self._create_for_run(definition, request)
+                io, follower, exited = await self._create_for_run(definition, request)
             finally:
                 self._reserved.discard(definition.id)
         await stream.send_message(pb.RunOutput(started=await self._info_or_gone(definition.id)))
         if not request.attach:
             return
-        await self._attach(stream, io, receive, exited, definition.id)
+        await self._attach(stream, io, follower, exited, definition.id)
 
     async def _create_for_run(self, definition: ContainerDefinition, request: pb.RunRequest) -> Any:
-        listeners: set[Any] = set()
-        send, receive = anyio.create_memory_object_stream[Any](LISTENER_BUFFER)
+        listeners: set[Listener] = set()
+        follower = Follower()  # bounded by bytes: a slow client is dropped, not buffered
         if request.attach:
-            listeners.add(send)
+            listeners.add(follower)
             self.daemon.output_listeners[definition.id] = listeners
         exited = self.daemon.exit_waiter(definition.id)
         assert request.definition is not None
         io = await self.daemon.run_container(
             definition, remove=request.remove, stdin=request.definition.stdin
         )
-        return io, receive, exited
+        return io, follower, exited
 
     async def _info_or_gone(self, cid: str) -> pb.ContainerInfo:
         """A container made with --rm may be gone already: say so, don't fail."""
@@ -413,19 +427,23 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         self,
         stream: Any,
         io: FifoIO | None,
-        receive: Any,
+        follower: Follower,
         exited: anyio.Event,
         cid: str,
     ) -> None:
         inputs_done = anyio.Event()
+        dropped = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._forward_input, stream, io, cid, None, inputs_done)
-            with receive:
-                async for _when, name, chunk in receive:
+            with follower:
+                async for _when, name, chunk in follower:
                     if name == "stdout":
                         await stream.send_message(pb.RunOutput(stdout=chunk))
                     else:
                         await stream.send_message(pb.RunOutput(stderr=chunk))
+            if follower.dropped:
+                tg.cancel_scope.cancel()
+                dropped = True
             # The output may end long before the process (it closed its
             # stdout): wait for the exit as `docker run` does, for as long as
             # the client stays (grpclib cancels this call when it goes).
@@ -433,6 +451,12 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             await stream.send_message(pb.RunOutput(exit_code=self.daemon.last_exit.get(cid, 255)))
             await _client_done(inputs_done)
             tg.cancel_scope.cancel()
+        if dropped:
+            raise GRPCError(
+                grpclib.const.Status.RESOURCE_EXHAUSTED,
+                f"client too slow, detached: more than {FOLLOWER_LIMIT >> 20} MiB of output "
+                f"behind; {cid} goes on and its output is in its log (supervisor logs {cid})",
+            )
 
     async def _forward_input(
         self, stream: Any, io: FifoIO | None, cid: str, proc: Any, done: anyio.Event

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,12 +13,13 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 
-from .daemon_harness import DaemonDirs, dirs
+from .daemon_harness import DaemonDirs, dirs, until
 
 __all__ = ("dirs",)
 
@@ -110,6 +112,57 @@ async def test_logs_of_a_stopped_container_do_not_hang(dirs: DaemonDirs) -> None
     done = dirs.cli("logs", "-f", "once", timeout=20)
     assert (done.code, done.out) == (0, "bye\n")
     assert dirs.cli("rm", "once").code == 0
+
+
+def _peak_rss_since(pid: int) -> Callable[[], int]:
+    """Reset the peak resident size of process *pid* (Linux's clear_refs); the function
+    returned says by how many bytes the peak went over the size at the reset."""
+
+    def kib(field: str) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no {field} for {pid}")
+
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    base = kib("VmRSS")
+    return lambda: kib("VmHWM") - base
+
+
+async def test_logs_of_a_large_rotated_log(dirs: DaemonDirs) -> None:
+    """A container's 8 MB of output in a log of several rotated files: `logs` prints every
+    line once, in order, and `--tail N` the last N across the files, while the daemon streams
+    them (its peak memory grows by a MiB or two; loading the files grew it by 35 and more)."""
+    with dirs.config.open("a") as config:
+        config.write('[logs]\nmax_size = "2m"\nmax_files = 10\n')
+    count = 40_000
+    script = (
+        'awk \'BEGIN { pad = sprintf("%0190d", 0); '
+        f'for (i = 0; i < {count}; i++) printf "line %06d %s\\n", i, pad }}\''
+    )
+    dirs.define("big", ["sh", "-c", script])
+    lines = [f"line {i:06d} {0:0190d}\n" for i in range(count)]
+    await ready(dirs)
+    current = dirs.logs / "big.log"
+
+    async def complete() -> bool:
+        with contextlib.suppress(FileNotFoundError, IndexError, ValueError):
+            return json.loads(current.read_bytes().splitlines()[-1])["log"] == lines[-1]
+        return False
+
+    await until(complete, within=60)
+    assert len(list(dirs.logs.glob("big.log.*"))) >= 3
+
+    peak = _peak_rss_since(dirs.procs[0].pid)
+    done = dirs.cli("logs", "big", timeout=120)
+    assert (done.code, done.err) == (0, "")
+    assert done.out == "".join(lines)
+    assert peak() < 16 << 20, f"the daemon's peak memory grew by {peak() >> 20} MiB"
+
+    done = dirs.cli("logs", "--tail", "15000", "big", timeout=120)
+    assert (done.code, done.out) == (0, "".join(lines[-15_000:]))
+    done = dirs.cli("logs", "--tail", "0", "big")
+    assert (done.code, done.out) == (0, "")
 
 
 async def test_stop_within_timeout_is_not_undone(dirs: DaemonDirs) -> None:
