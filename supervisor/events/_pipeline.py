@@ -15,8 +15,8 @@ from .._proto.google.protobuf import Any as AnyPb
 from ..client import Client, ProcessState
 from ..errors import NotFound, SupervisorError, map_errors
 from ._decode import DECODERS, MALFORMED, DecodeError, envelope, fields
+from ._h2stream import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ServerStream
 from ._h2stream import ProtocolError as H2ProtocolError
-from ._h2stream import ServerStream
 from ._ledger import FORGET_AFTER, ExitLedger, Known, reconcile
 from ._queue import DEFAULT_MAX_QUEUED, SerialQueues
 from ._types import (
@@ -89,6 +89,9 @@ class EventPipeline:
     giving queued events up to 5 s to reach the backend. When the stream
     drops it waits for containerd to serve again, subscribes again and
     reconciles, so that every process exit reaches the backend exactly once.
+    A subscription that stays silent ``keepalive_interval`` seconds is pinged,
+    and dropped as lost if containerd does not answer within
+    ``keepalive_timeout`` (see :meth:`ServerStream.keepalive`).
     """
 
     def __init__(
@@ -99,12 +102,16 @@ class EventPipeline:
         max_queued: int = DEFAULT_MAX_QUEUED,
         report_stopped_on_start: bool = True,
         forget_after: float = FORGET_AFTER,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         self.client = client
         self.backend = backend
         self.stats = PipelineStats()
         self.report_stopped_on_start = report_stopped_on_start
         self._max_queued = max_queued
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
         self._ledger = ExitLedger(forget_after)
         self._known = Known()
         self._queues: SerialQueues | None = None
@@ -222,13 +229,19 @@ class EventPipeline:
         sync = _Sync(uuid.uuid4().hex.encode())
         error: BaseException | None = None
         async with ServerStream(
-            self.client.address, _SUBSCRIBE, bytes(request), {"containerd-namespace": ns}
+            self.client.address,
+            _SUBSCRIBE,
+            bytes(request),
+            {"containerd-namespace": ns},
+            keepalive_interval=self.keepalive_interval,
+            keepalive_timeout=self.keepalive_timeout,
         ) as stream:
             self.stats.subscriptions += 1
             self._counted()
             async with anyio.create_task_group() as tg:
                 try:
                     tg.start_soon(self._announce, sync, tg)
+                    tg.start_soon(stream.keepalive)
                     await self._read(stream, sync, tg, first, task_status)
                 except _STREAM_ERRORS as exc:
                     error = exc

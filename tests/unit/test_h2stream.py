@@ -22,12 +22,19 @@ from supervisor.events._h2stream import (
     END_STREAM,
     GOAWAY,
     HEADERS,
+    MAX_FRAME,
+    MAX_HEADER_BLOCK,
+    MAX_HEADER_FRAMES,
+    MAX_MESSAGE,
     PADDED,
     PING,
     PREFACE,
+    PRIORITY,
     RST_STREAM,
     SETTINGS,
     WINDOW,
+    KeepaliveTimeout,
+    LimitExceeded,
     ProtocolError,
     ServerStream,
     frame,
@@ -181,7 +188,8 @@ async def test_opening_bytes(tmp_path: Path) -> None:
         )
         for i in range(0, len(settings_.payload), 6)
     }
-    assert values == {0x2: 0, 0x4: WINDOW}  # no push; a 16 MiB stream window
+    # No push; a 16 MiB stream window; the header list size we accept.
+    assert values == {0x2: 0, 0x4: WINDOW, 0x6: MAX_HEADER_BLOCK}
     assert window == Frame(WINDOW_UPDATE, 0, 0, (WINDOW - 65535).to_bytes(4, "big"))
     assert headers.kind == HEADERS and headers.stream == 1
     assert headers.flags & END_HEADERS and not headers.flags & END_STREAM
@@ -325,17 +333,21 @@ async def test_settings_and_ping_are_acknowledged(tmp_path: Path) -> None:
     assert acks == [Frame(SETTINGS, ACK, 0, b""), Frame(PING, ACK, 0, payload)]
 
 
+def goaway(last: int, code: int, debug: bytes = b"") -> bytes:
+    return frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + code.to_bytes(4, "big") + debug)
+
+
 @pytest.mark.parametrize(
-    "ending",
+    ("ending", "match"),
     [
-        frame(GOAWAY, 0, 0, (1).to_bytes(4, "big") + (0).to_bytes(4, "big")),
-        frame(GOAWAY, 0, 0, (0).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"debug"),
-        frame(RST_STREAM, 0, 1, (8).to_bytes(4, "big")),
+        (goaway(1, 2, b"debug"), "code 2, debug"),
+        (goaway(1, 11, b"too_many_pings"), "code 11, too_many_pings"),
+        (frame(RST_STREAM, 0, 1, (8).to_bytes(4, "big")), "reset"),
     ],
-    ids=["goaway", "goaway-internal-error", "rst-stream"],
+    ids=["goaway-internal-error", "goaway-enhance-your-calm", "rst-stream"],
 )
-async def test_goaway_and_reset_raise_unavailable_after_earlier_messages(
-    tmp_path: Path, ending: bytes
+async def test_goaway_with_an_error_and_reset_raise_unavailable_after_earlier_messages(
+    tmp_path: Path, ending: bytes, match: str
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.send(peer.response() + data(b"a", b"b") + data(b"c") + ending + data(b"late"))
@@ -346,9 +358,54 @@ async def test_goaway_and_reset_raise_unavailable_after_earlier_messages(
             serve(tmp_path, handler) as path,
             ServerStream(path, METHOD, REQUEST) as stream,
         ):
-            with pytest.raises(Unavailable):
+            with pytest.raises(Unavailable, match=match):
                 await collect(stream, batches)
     assert [m for batch in batches for m in batch] == [b"a", b"b", b"c"]
+
+
+async def test_goaway_no_error_for_a_stream_it_will_not_serve_ends_it_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Last stream id 0: our stream 1 will never be processed, so it ends now."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(peer.response() + data(b"a") + goaway(0, 0) + data(b"late"))
+
+    with anyio.fail_after(TIMEOUT):
+        async with serve(tmp_path, handler) as path:
+            assert await messages_of(path) == [b"a"]
+
+
+@pytest.mark.parametrize("finish", ["trailers", "close"])
+async def test_goaway_no_error_lets_the_server_finish_our_stream(
+    tmp_path: Path, finish: str
+) -> None:
+    """Last stream id 1 (ours): messages keep coming until the trailers, or
+    until the server closes the connection, which is then a clean end too."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(peer.response() + data(b"a") + goaway(0x7FFFFFFF, 0))
+        await peer.send(goaway(1, 0) + data(b"b"))
+        if finish == "trailers":
+            await peer.send(peer.trailers(0))
+        else:
+            await peer.close()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serve(tmp_path, handler) as path:
+            assert await messages_of(path) == [b"a", b"b"]
+
+
+async def test_connection_reset_after_goaway_no_error_still_raises(tmp_path: Path) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.send(
+            peer.response() + goaway(1, 0) + data(b"a") + frame(RST_STREAM, 0, 1, bytes(4))
+        )
+
+    with anyio.fail_after(TIMEOUT):
+        async with serve(tmp_path, handler) as path:
+            with pytest.raises(Unavailable, match="reset"):
+                await messages_of(path)
 
 
 async def test_reset_of_another_stream_is_ignored(tmp_path: Path) -> None:
@@ -475,3 +532,234 @@ async def test_grpc_message_is_percent_decoded(tmp_path: Path) -> None:
             with pytest.raises(NotFound) as info:
                 await messages_of(path)
     assert str(info.value) == "café at 100%: not found"
+
+
+# -- caps: what the server sends is refused before it is buffered ---------------
+
+
+def prefix(size: int) -> bytes:
+    """A gRPC message prefix announcing ``size`` bytes."""
+    return b"\x00" + size.to_bytes(4, "big")
+
+
+def flat(batches: list[list[bytes]]) -> list[bytes]:
+    return [m for batch in batches for m in batch]
+
+
+async def raises_after(
+    tmp_path: Path, wire: bytes, error: type[Exception], match: str | None = None
+) -> list[bytes]:
+    """Send ``wire`` after the response headers, then read and answer nothing
+    (``serve`` drains): the reader must fail on what it has, at once."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(peer.response() + wire)
+
+    batches: list[list[bytes]] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serve(tmp_path, handler) as path,
+            ServerStream(path, METHOD, REQUEST) as stream,
+        ):
+            with pytest.raises(error, match=match):
+                await collect(stream, batches)
+    return flat(batches)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-frame", "prefix-split"])
+async def test_an_oversized_message_is_refused_at_its_prefix(tmp_path: Path, split: bool) -> None:
+    """Only the 5-byte prefix of a 16 MiB + 1 message is ever sent."""
+    body = grpc(b"a") + prefix(MAX_MESSAGE + 1)
+    if split:  # the prefix completes in the buffered-partial path
+        wire = frame(DATA, 0, 1, body[:8]) + frame(DATA, 0, 1, body[8:])
+    else:
+        wire = frame(DATA, 0, 1, body)
+    got = await raises_after(tmp_path, wire, LimitExceeded, f"{MAX_MESSAGE + 1} bytes")
+    assert got == [b"a"]
+
+
+async def test_a_message_of_the_largest_size_is_waited_for(tmp_path: Path) -> None:
+    """16 MiB exactly is allowed: the reader waits for the body (here the server
+    then closes, so the stream is lost rather than refused)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(peer.response() + frame(DATA, 0, 1, prefix(MAX_MESSAGE)))
+        await peer.close()
+
+    with anyio.fail_after(TIMEOUT):
+        async with serve(tmp_path, handler) as path:
+            with pytest.raises(Unavailable, match=r"connection to containerd lost \(closed\)"):
+                await messages_of(path)
+
+
+async def test_an_oversized_frame_is_refused_at_its_header(tmp_path: Path) -> None:
+    header = (MAX_FRAME + 1).to_bytes(3, "big") + bytes((DATA, 0)) + (1).to_bytes(4, "big")
+    got = await raises_after(tmp_path, data(b"a") + header, ProtocolError, "frame of 16385 bytes")
+    assert got == [b"a"]
+
+
+def big_header_list() -> bytes:
+    """An hpack block under the compressed cap that decodes to over the list cap."""
+    fields = [(f"x-big-{i}", "a" * 15000) for i in range(5)]
+    block = hpack.Encoder().encode(fields, huffman=True)
+    assert len(block) < MAX_HEADER_BLOCK
+    chunks = [block[i : i + MAX_FRAME] for i in range(0, len(block), MAX_FRAME)]
+    wire = frame(HEADERS, END_HEADERS if len(chunks) == 1 else 0, 1, chunks[0])
+    for i, chunk in enumerate(chunks[1:], 2):
+        wire += frame(CONTINUATION, END_HEADERS if i == len(chunks) else 0, 1, chunk)
+    return wire
+
+
+@pytest.mark.parametrize(
+    ("wire", "match"),
+    [
+        (
+            frame(HEADERS, END_STREAM, 1, bytes(16000))
+            + frame(CONTINUATION, 0, 1, bytes(16000)) * 4,
+            "over 64 KiB",
+        ),
+        (
+            frame(HEADERS, END_STREAM, 1) + frame(CONTINUATION, 0, 1) * MAX_HEADER_FRAMES,
+            f"over {MAX_HEADER_FRAMES} frames",
+        ),
+        (big_header_list(), "header list over 64 KiB"),
+    ],
+    ids=["bytes", "frames", "decoded"],
+)
+async def test_an_oversized_header_block_is_refused(
+    tmp_path: Path, wire: bytes, match: str
+) -> None:
+    """The first two never send END_HEADERS: the reader must not wait for it."""
+    assert await raises_after(tmp_path, data(b"a") + wire, LimitExceeded, match) == [b"a"]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        frame(HEADERS, 0, 1) + data(b"x"),
+        frame(CONTINUATION, END_HEADERS, 1),
+        frame(DATA, PADDED, 1, b"\x05abc"),
+        frame(DATA, PADDED, 1),
+        frame(HEADERS, PADDED | END_HEADERS, 1, b"\x09abc"),
+        frame(HEADERS, PRIORITY | END_HEADERS, 1, b"abc"),
+        frame(PING, 0, 0, b"1234"),
+        frame(GOAWAY, 0, 0, bytes(4)),
+        frame(RST_STREAM, 0, 1, b"\x00\x08"),
+    ],
+    ids=[
+        "interrupted-header-block",
+        "stray-continuation",
+        "data-padding-too-long",
+        "data-padded-empty",
+        "headers-padding-too-long",
+        "headers-priority-too-short",
+        "short-ping",
+        "short-goaway",
+        "short-rst-stream",
+    ],
+)
+async def test_malformed_frames_raise_protocol_error(tmp_path: Path, wire: bytes) -> None:
+    assert await raises_after(tmp_path, data(b"a") + wire, ProtocolError) == [b"a"]
+
+
+# -- keepalive -------------------------------------------------------------------
+
+
+async def test_a_silent_server_is_taken_for_dead(tmp_path: Path) -> None:
+    """The server stops answering anything, PINGs included (a hung containerd
+    on a live socket): the reader raises within interval + timeout, having pinged once."""
+    interval, timeout = 0.05, 0.2
+    peers: list[Peer] = []
+
+    async def handler(peer: Peer) -> None:
+        peers.append(peer)
+        await peer.send(peer.response() + data(b"a"))  # then serve() drains, answering nothing
+
+    batches: list[list[bytes]] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serve(tmp_path, handler) as path,
+            ServerStream(
+                path, METHOD, REQUEST, keepalive_interval=interval, keepalive_timeout=timeout
+            ) as stream,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(stream.keepalive)
+            began = anyio.current_time()
+            with pytest.raises(KeepaliveTimeout, match=r"keepalive ping within 0\.2s"):
+                await collect(stream, batches)
+            elapsed = anyio.current_time() - began
+            tg.cancel_scope.cancel()
+    assert flat(batches) == [b"a"]
+    assert elapsed >= interval + timeout
+    assert [(f.kind, f.flags, f.stream) for f in peers[0].received] == [(PING, 0, 0)]
+    assert isinstance(KeepaliveTimeout("x"), Unavailable)  # what the pipeline reconnects on
+
+
+async def test_answered_pings_keep_an_idle_stream_open(tmp_path: Path) -> None:
+    """Pinged only after ``interval`` of silence, and kept for as long as the
+    server answers: here for twice the timeout, before it finally sends."""
+    interval, timeout = 0.02, 0.25
+    arrivals: list[float] = []
+
+    async def handler(peer: Peer) -> None:
+        await peer.send(peer.response())
+        while not arrivals or arrivals[-1] - arrivals[0] < 2 * timeout:
+            f = await peer.read_frame()
+            if f.kind == PING:
+                assert (f.flags, f.stream, len(f.payload)) == (0, 0, 8)
+                arrivals.append(anyio.current_time())
+                await peer.send(frame(PING, ACK, 0, f.payload))
+        await peer.send(data(b"a") + peer.trailers(0))
+
+    batches: list[list[bytes]] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serve(tmp_path, handler) as path,
+            ServerStream(
+                path, METHOD, REQUEST, keepalive_interval=interval, keepalive_timeout=timeout
+            ) as stream,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(stream.keepalive)
+            await collect(stream, batches)
+            tg.cancel_scope.cancel()
+    assert flat(batches) == [b"a"]
+    assert min(b - a for a, b in pairwise(arrivals)) >= interval * 0.9
+
+
+async def test_a_busy_consumer_is_not_silence(tmp_path: Path) -> None:
+    """While the consumer holds a batch (a slow backend), the server's bytes
+    may be waiting unread: no PING goes out and the connection is kept."""
+    interval, timeout = 0.01, 0.05
+    resumed = anyio.Event()
+    pings_while_busy: list[Frame] = []
+
+    async def handler(peer: Peer) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.drain)  # records the client's frames, answers none
+            await peer.send(peer.response() + data(b"a"))
+            await resumed.wait()
+            pings_while_busy.extend(f for f in peer.received if f.kind == PING)
+            await peer.send(data(b"b") + peer.trailers(0))
+
+    got: list[bytes] = []
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            serve(tmp_path, handler) as path,
+            ServerStream(
+                path, METHOD, REQUEST, keepalive_interval=interval, keepalive_timeout=timeout
+            ) as stream,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(stream.keepalive)
+            async for batch in stream:
+                got.extend(batch)
+                if not resumed.is_set():
+                    # Not synchronisation: the time a slow backend takes, many
+                    # keepalive intervals and timeouts long.
+                    await anyio.sleep(10 * (interval + timeout))
+                    resumed.set()
+            tg.cancel_scope.cancel()
+    assert got == [b"a", b"b"]
+    assert pings_while_busy == []
