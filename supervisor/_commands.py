@@ -27,7 +27,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ._proto.supervisor import v1 as pb
 from ._units import parse_size
-from .errors import SupervisorError, Unavailable, from_grpc
+from .errors import SupervisorError, Unavailable, from_grpc, one_line
 
 _READ = 65536
 
@@ -69,12 +69,15 @@ async def run_command(args: argparse.Namespace) -> int:
             ConnectionRefusedError,
             ConnectionResetError,
             FileNotFoundError,
+            NotADirectoryError,
             StreamTerminatedError,
         ) as exc:
             error = Unavailable(f"cannot reach the daemon at {path} ({_why(exc)}); is it running?")
         except PermissionError:
             error = SupervisorError(f"permission denied on {path} (root or its group only)")
-        print(f"supervisor {args.command}: {error}", file=sys.stderr)
+        except OSError as exc:  # e.g. "AF_UNIX path too long"
+            error = SupervisorError(f"{_why(exc)} (control socket {path})")
+        print(one_line(f"supervisor {args.command}: {error}"), file=sys.stderr)
         return error_code(error)
     finally:
         channel.close()
@@ -434,7 +437,10 @@ def _since(text: str | None) -> datetime | None:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+        except OverflowError:  # before year 1
+            raise SupervisorError(f"--since {text!r} is too long ago") from None
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -469,7 +475,7 @@ async def _each(args: argparse.Namespace, call: Any) -> int:
             await call(cid)
             print(cid)
         except GRPCError as exc:
-            print(f"supervisor {args.command}: {from_grpc(exc)}", file=sys.stderr)
+            print(one_line(f"supervisor {args.command}: {from_grpc(exc)}"), file=sys.stderr)
             failed += 1
     return CLI_ERROR if failed else 0
 

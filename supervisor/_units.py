@@ -9,6 +9,8 @@ from decimal import Decimal
 from .errors import InvalidArgument
 
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+#: The runtime's numbers are int64.
+MAX_SIZE = 2**63 - 1
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -17,7 +19,8 @@ def parse_size(value: int | str) -> int:
 
     Units are binary (k = 1024) and case-insensitive, optionally followed by
     ``b`` or ``ib`` (``"10MiB"``); a bare number is bytes. Raises
-    :class:`InvalidArgument` for anything else, zero or a negative size.
+    :class:`InvalidArgument` for anything else, zero, a negative size or one
+    past 2**63 - 1 bytes (the runtime's limit).
     """
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidArgument(f"size must be an integer or a string, not {_describe(value)}")
@@ -34,8 +37,16 @@ def parse_size(value: int | str) -> int:
             raise InvalidArgument(f"size {value!r} is not a whole number of bytes")
         size = int(exact)
     if size <= 0:
-        raise InvalidArgument(f"size {value!r} must be positive")
+        raise InvalidArgument(f"size {_short(value)} must be positive")
+    if size > MAX_SIZE:
+        raise InvalidArgument(f"size {_short(value)} is too large (at most {MAX_SIZE} bytes)")
     return size
+
+
+def _short(value: object) -> str:
+    """A value for a message: its repr, cut when long (a 4000-digit integer)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}...({len(text)} characters)"
 
 
 def _describe(value: object) -> str:

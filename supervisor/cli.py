@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
+from .errors import one_line
 
 DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
 
@@ -22,7 +23,7 @@ CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line on stderr, exit code 125 (docker's, for its own errors)."""
-        self.exit(CLI_ERROR, f"{self.prog}: {message} (see --help)\n")
+        self.exit(CLI_ERROR, one_line(f"{self.prog}: {message} (see --help)") + "\n")
 
 
 def _count(text: str) -> int:
@@ -179,6 +180,14 @@ def _daemon(config_path: Path | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``supervisor`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        if not arg.isascii():
+            try:
+                arg.encode()
+            except UnicodeEncodeError:  # bytes from the shell that are not UTF-8
+                print(one_line(f"supervisor: {arg!r} is not UTF-8 text"), file=sys.stderr)
+                return CLI_ERROR
     args = _parser().parse_args(argv)
     if args.command != "daemon":
         # Like other Unix tools: `supervisor logs x | head` just ends quietly.
@@ -199,14 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return anyio.run(run_command, args)
     except Exception as exc:
-        from .errors import SupervisorError  # imported here: --help stays quick
+        from .errors import SupervisorError
 
         if isinstance(exc, TimeoutError):
             print(f"supervisor {args.command}: timed out", file=sys.stderr)
             return CLI_ERROR
         if not isinstance(exc, SupervisorError | FileNotFoundError):
             raise
-        print(f"supervisor {args.command}: {exc}", file=sys.stderr)
+        print(one_line(f"supervisor {args.command}: {exc}"), file=sys.stderr)
         return CLI_ERROR
     except KeyboardInterrupt:
         return 130

@@ -37,6 +37,7 @@ __all__ = (
     "Unimplemented",
     "from_grpc",
     "map_errors",
+    "one_line",
     "to_grpc",
 )
 
@@ -77,6 +78,14 @@ class ContainerdError(SupervisorError):
         self.status = status
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other unprintable characters escaped
+    (``\\n``, ``\\x00``): a message that quotes what someone typed stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 _BY_STATUS: dict[Status, type[SupervisorError]] = {
     Status.NOT_FOUND: NotFound,
     Status.ALREADY_EXISTS: AlreadyExists,
@@ -90,6 +99,8 @@ _BY_STATUS: dict[Status, type[SupervisorError]] = {
 # what they are.
 _UNKNOWN_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
     ("cannot delete a running process", FailedPrecondition),
+    ("cannot pause a paused container", FailedPrecondition),
+    ("cannot resume a running process", FailedPrecondition),
 )
 
 _CONNECTION_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE}
@@ -107,16 +118,18 @@ def from_grpc(exc: GRPCError) -> SupervisorError:
 
 
 def to_grpc(exc: SupervisorError) -> GRPCError:
-    """The other direction, for our own gRPC server: an error as a status."""
+    """The other direction, for our own gRPC server: an error as a status
+    (its message one line: runc's may quote a path with a newline in it)."""
+    message = one_line(str(exc))
     if isinstance(exc, ContainerdError) and exc.status is not None:
-        return GRPCError(exc.status, str(exc))
+        return GRPCError(exc.status, message)
     for status, cls in _BY_STATUS.items():
         if type(exc) is cls:
-            return GRPCError(status, str(exc))
+            return GRPCError(status, message)
     for status, cls in _BY_STATUS.items():
         if isinstance(exc, cls):
-            return GRPCError(status, str(exc))
-    return GRPCError(Status.UNKNOWN, str(exc))
+            return GRPCError(status, message)
+    return GRPCError(Status.UNKNOWN, message)
 
 
 @contextmanager

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, TypeVar
 
 from .._units import parse_size
 from ..client import validate_id
-from ..errors import InvalidArgument, SupervisorError
+from ..errors import InvalidArgument, SupervisorError, one_line
 
 __all__ = (
     "LOG_LEVELS",
@@ -49,6 +49,8 @@ __all__ = (
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 _MIB = 1024 * 1024
+#: The largest size, count or limit a key takes: the runtime's numbers are int64.
+MAX_INT = 2**63 - 1
 _D = TypeVar("_D")
 
 
@@ -222,7 +224,14 @@ def _max_files(logs: _Table, default: int) -> int:
 
 
 def _located(path: Path, key: str, message: str) -> str:
-    return f"{path}: {key}: {message}" if key else f"{path}: {message}"
+    """One line, whatever the file name or the key holds (a newline, a NUL...)."""
+    return one_line(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+def _short(value: object) -> str:
+    """A value for a message: its repr, cut when long (a 4000-digit integer)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}...({len(text)} characters)"
 
 
 class _Invalid(Exception):
@@ -252,7 +261,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise _Unreadable(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
         raise _Unreadable(f"invalid TOML: {exc}") from exc
 
 
@@ -281,7 +290,7 @@ class _Table:
         self._prefix = prefix
         for name in data:
             if name not in known:
-                self.fail(name, "unknown key")
+                self.fail(name or '""', "unknown key")
 
     def key(self, name: str) -> str:
         return f"{self._prefix}{name}"
@@ -340,15 +349,26 @@ class _Table:
 
     def integer(self, name: str, default: _D) -> int | _D:
         value: int | None = self.get(name, int, "an integer")
+        if value is not None and not -MAX_INT <= value <= MAX_INT:
+            self.fail(name, f"{_short(value)} is out of range (at most {MAX_INT} either way)")
         return default if value is None else value
 
-    def positive_number(self, name: str, default: _D) -> float | _D:
+    def positive_number(
+        self, name: str, default: _D, minimum: float = 0.0, maximum: float = math.inf
+    ) -> float | _D:
+        """A finite number above ``minimum`` (or at it, when it is not 0), up to ``maximum``."""
         value: float | None = self.get(name, (int, float), "a number")
         if value is None:
             return default
-        if not (math.isfinite(value) and value > 0):
-            self.fail(name, f"must be a positive number, not {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past any float
+            number = math.inf
+        if not (math.isfinite(number) and number > 0):
+            self.fail(name, f"must be a positive number, not {_short(value)}")
+        if not minimum <= number <= maximum:
+            self.fail(name, f"must be from {minimum:g} to {maximum:g}, not {_short(value)}")
+        return number
 
     def absolute_path(self, name: str, default: _D) -> Path | _D:
         value = self.string(name, None)

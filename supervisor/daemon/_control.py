@@ -11,6 +11,7 @@ import contextlib
 import grp
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import grpclib.const
 import grpclib.server
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 
 from .. import __version__
 from .._proto.supervisor import v1 as pb
-from ..client import FifoIO, Mount, ProcessState, TaskStatus
+from ..client import FifoIO, Mount, ProcessState, TaskStatus, validate_id
 from ..client._spec import parse_user
 from ..errors import (
     AlreadyExists,
@@ -37,9 +39,17 @@ from ..errors import (
     InvalidArgument,
     NotFound,
     SupervisorError,
+    one_line,
     to_grpc,
 )
-from ._definitions import ContainerDefinition
+from ._definitions import (
+    ENV_NAME_RULE,
+    MAX_CPUS,
+    MAX_PIDS,
+    MIN_CPUS,
+    ContainerDefinition,
+    directory_problem,
+)
 from ._labels import (
     COMMAND,
     EXIT_CODE,
@@ -83,6 +93,10 @@ def _status() -> Iterator[None]:
         yield
     except SupervisorError as exc:
         raise to_grpc(exc) from exc
+    except TimeoutError as exc:  # a bound of the daemon's own (containerd did not answer)
+        raise GRPCError(
+            grpclib.const.Status.DEADLINE_EXCEEDED, "timed out; is containerd answering?"
+        ) from exc
     except BaseExceptionGroup as group:
         # An error from inside a task group: report the first of ours as a status.
         matched, _ = group.split(SupervisorError)
@@ -97,7 +111,9 @@ def _status() -> Iterator[None]:
 
 def _signal(value: str) -> int:
     text = value.strip().upper() or "SIGKILL"
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if int(text) not in signal.valid_signals():
+            raise InvalidArgument(f"{value!r} is not a signal number")
         return int(text)
     name = text if text.startswith("SIG") else f"SIG{text}"
     try:
@@ -204,6 +220,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         with _status():
             self._managed(message.id)
             grace = message.timeout if message.has_timeout else None
+            if grace is not None and not grace >= 0:  # NaN too
+                raise InvalidArgument(f"timeout must be 0 or more seconds, not {grace}")
             await self.daemon.stop_container(message.id, grace=grace)
             return await self._info(message.id)
 
@@ -293,10 +311,13 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
 
     async def apply(self, message: pb.ApplyRequest) -> pb.ApplyResponse:
         directory = Path(message.directory)
-        if not directory.is_absolute() or not await anyio.Path(directory).is_dir():
-            raise GRPCError(
-                grpclib.const.Status.INVALID_ARGUMENT, f"{directory} is not an absolute directory"
-            )
+        problem = (
+            await anyio.to_thread.run_sync(directory_problem, directory)
+            if directory.is_absolute()
+            else f"{str(directory)!r} is not an absolute path"
+        )
+        if problem:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, one_line(problem))
         done = await self.daemon.apply(directory)
         return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
 
@@ -492,8 +513,6 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             container = await self.daemon.client.load_container(start.id)
             task = await container.task()
             exec_id = f"exec-{os.urandom(4).hex()}"
-            # Named after the exec alone: the container's id may already be 76 characters.
-            io = self.daemon.client.new_fifo_io(exec_id, stdin=start.stdin, terminal=start.terminal)
             process = dict(container.info.spec.get("process") or {})
             process["args"] = list(start.command)
             process["terminal"] = start.terminal
@@ -511,8 +530,11 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             if start.terminal and start.size is not None and start.size.width:
                 # The first size is in place before the process runs.
                 process["consoleSize"] = {"height": start.size.height, "width": start.size.width}
-            proc = await task.exec(exec_id, process, io)
+            # Named after the exec alone: the container's id may already be 76 characters.
+            io = self.daemon.client.new_fifo_io(exec_id, stdin=start.stdin, terminal=start.terminal)
+            proc = None
             try:
+                proc = await task.exec(exec_id, process, io)  # refused: its FIFOs go too
                 await proc.start()
                 inputs_done = anyio.Event()
                 async with anyio.create_task_group() as tg:
@@ -532,12 +554,13 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 # The client may have gone mid-call: end the process, then delete
                 # it, and release its FIFOs whatever happens.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(15):
-                    with contextlib.suppress(SupervisorError):
-                        if (await proc.status()).status is not TaskStatus.STOPPED:
-                            await proc.kill(signal.SIGKILL)
-                            await proc.wait()
-                    with contextlib.suppress(SupervisorError):
-                        await proc.delete()
+                    if proc is not None:
+                        with contextlib.suppress(SupervisorError):
+                            if (await proc.status()).status is not TaskStatus.STOPPED:
+                                await proc.kill(signal.SIGKILL)
+                                await proc.wait()
+                        with contextlib.suppress(SupervisorError):
+                            await proc.delete()
                     await io.aclose()
 
 
@@ -573,12 +596,26 @@ def _json_list(text: str | None) -> list[str]:
 
 
 def _definition(d: pb.Definition) -> ContainerDefinition:
+    """The definition of a Run, checked as a definition file's would be (what
+    the OCI spec checks is left to it). Zero values mean the defaults."""
+    validate_id(d.id, "container id")
     if not d.rootfs:
         raise InvalidArgument("a rootfs directory is needed (--rootfs)")
+    problem = directory_problem(Path(d.rootfs)) if d.rootfs.startswith("/") else None
+    if problem:
+        raise InvalidArgument(f"rootfs {problem}")
     if not d.command:
         raise InvalidArgument("a command is needed")
     if any(key.startswith(PREFIX) for key in d.labels):
         raise InvalidArgument(f"labels under {PREFIX} are the daemon's own")
+    if any(not name or "=" in name or "\0" in name for name in d.env):
+        raise InvalidArgument(ENV_NAME_RULE)
+    if d.stop_timeout and not 0 < d.stop_timeout < math.inf:
+        raise InvalidArgument(f"stop timeout must be a positive number, not {d.stop_timeout}")
+    if d.cpus and not MIN_CPUS <= d.cpus <= MAX_CPUS:
+        raise InvalidArgument(f"cpus must be from {MIN_CPUS:g} to {MAX_CPUS:g}, not {d.cpus}")
+    if d.pids > MAX_PIDS:
+        raise InvalidArgument(f"pids must be at most {MAX_PIDS} (the kernel's limit), not {d.pids}")
     return ContainerDefinition(
         id=d.id,
         rootfs=Path(d.rootfs),
@@ -602,6 +639,73 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
     )
 
 
+_INTEGERS = frozenset(
+    {"int32", "int64", "uint32", "uint64", "sint32", "sint64"}
+    | {"fixed32", "fixed64", "sfixed32", "sfixed64", "enum"}
+)
+_SCALARS: dict[str, type] = {"string": str, "bytes": bytes, "bool": bool}
+_SCALARS |= {"double": float, "float": float}
+
+
+class StrictCodec(ProtoCodec):
+    """Protobuf, refusing requests the handlers cannot trust: betterproto
+    decodes a field sent with another wire type as whatever it got (an int
+    for a string, None, a list), and fails on bad UTF-8 with a UnicodeDecodeError."""
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        what = getattr(message_type, "__name__", "request")
+        try:
+            message = super().decode(data, message_type)
+        except Exception as exc:  # whatever the decoder trips on: the bytes are wrong
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT, one_line(f"malformed {what}: {exc}")
+            ) from None
+        problem = _ill_typed(message)
+        if problem:
+            raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, f"malformed {what}: {problem}")
+        return message
+
+
+def _ill_typed(message: Any, prefix: str = "") -> str | None:
+    """The first field of ``message`` whose value is not of its declared type."""
+    meta = message._betterproto
+    for name, field in meta.meta_by_field_name.items():
+        value = getattr(message, name)
+        where = f"{prefix}{name}"
+        if field.map_meta is not None:  # the maps of this API are of scalars
+            key, val = (entry.proto_type for entry in field.map_meta)
+            ok = isinstance(value, dict) and all(
+                _is(k, key, object) and _is(v, val, object) for k, v in value.items()
+            )
+            if not ok:
+                return f"{where} is not a map of {key} to {val}"
+            continue
+        expected = meta.cls_by_field[name]
+        items = value if field.repeated else [value]
+        if not isinstance(items, list):
+            return f"{where} is not a list"
+        for item in items:
+            if (
+                item is None
+                and not field.repeated
+                and (field.optional or field.proto_type == "message")
+            ):
+                continue  # not set
+            if not _is(item, field.proto_type, expected):
+                return f"{where} is not of type {field.proto_type}"
+            if field.proto_type == "message" and field.unwrap is None:
+                problem = _ill_typed(item, f"{where}.")
+                if problem:
+                    return problem
+    return None
+
+
+def _is(value: Any, proto_type: str, expected: type) -> bool:
+    if proto_type in _INTEGERS:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, _SCALARS.get(proto_type, expected))
+
+
 async def serve(
     daemon: Daemon,
     path: Path,
@@ -611,7 +715,7 @@ async def serve(
 ) -> grpclib.server.Server:
     """Start the control server on ``path`` (0660, root:group); peers are checked."""
     gid = grp.getgrnam(group).gr_gid if group else None
-    server = grpclib.server.Server([ControlService(daemon)])
+    server = grpclib.server.Server([ControlService(daemon)], codec=StrictCodec())
 
     async def check_peer(event: RecvRequest) -> None:
         uid, gids = _peer(event)

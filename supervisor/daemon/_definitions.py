@@ -11,8 +11,8 @@
     stop_signal = "SIGTERM"             # or "TERM", or 15
     stop_timeout = 10.0
     memory = "256m"
-    cpus = 1.5
-    pids = 200
+    cpus = 1.5                          # 0.01 to 8192
+    pids = 200                          # at most 4194304
     terminal = false
 
     [env]
@@ -44,8 +44,13 @@ from ._config import _Invalid, _located, _read_toml, _Table, _Unreadable
 from ._policy import RestartPolicy
 
 __all__ = (
+    "ENV_NAME_RULE",
+    "MAX_CPUS",
+    "MAX_PIDS",
+    "MIN_CPUS",
     "ContainerDefinition",
     "DefinitionError",
+    "directory_problem",
     "load_definition",
     "load_definitions",
 )
@@ -68,6 +73,14 @@ _KEYS = (
     "terminal",
 )
 _MOUNT_KEYS = ("source", "destination", "type", "options", "readonly")
+
+#: The range of ``cpus``: Docker's minimum (1 ms of every 100 ms period, the
+#: kernel's smallest quota) and the most CPUs Linux supports.
+MIN_CPUS = 0.01
+MAX_CPUS = 8192.0
+ENV_NAME_RULE = "an environment variable name must be non-empty, without '=' or NUL"
+#: The most ``pids`` the kernel takes (PID_MAX_LIMIT, 2**22).
+MAX_PIDS = 4_194_304
 
 
 class DefinitionError(SupervisorError, ValueError):
@@ -233,7 +246,7 @@ def _parse(data: dict[str, Any], path: Path) -> ContainerDefinition:
         stop_signal=_signal(table),
         stop_timeout=table.positive_number("stop_timeout", 10.0),
         memory=table.size("memory", None),
-        cpus=table.positive_number("cpus", None),
+        cpus=table.positive_number("cpus", None, minimum=MIN_CPUS, maximum=MAX_CPUS),
         pids=_pids(table),
         mounts=tuple(_mount(mount) for mount in table.tables("mounts", _MOUNT_KEYS)),
         labels=_frozen(table.string_map("labels")),
@@ -256,9 +269,21 @@ def _rootfs(table: _Table) -> Path:
     rootfs = table.absolute_path("rootfs", None)
     if rootfs is None:
         table.fail("rootfs", "is required")
-    if not rootfs.is_dir():
-        table.fail("rootfs", f"{str(rootfs)!r} is not a directory")
+    problem = directory_problem(rootfs)
+    if problem:
+        table.fail("rootfs", problem)
     return rootfs
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` is not a directory we can use (a container's rootfs, a
+    definitions directory), or None."""
+    try:
+        if path.is_dir():
+            return None
+    except OSError as exc:  # a name too long, a directory we may not search...
+        return f"{str(path)!r} cannot be used: {exc.strerror or exc}"
+    return f"{str(path)!r} is not a directory"
 
 
 def _command(table: _Table) -> tuple[str, ...]:
@@ -273,8 +298,8 @@ def _command(table: _Table) -> tuple[str, ...]:
 def _env(table: _Table) -> dict[str, str]:
     env = table.string_map("env")
     for name in env:
-        if not name or "=" in name:
-            table.fail(f"env.{name}", "an environment variable name must be non-empty, without '='")
+        if not name or "=" in name or "\0" in name:
+            table.fail(f"env.{name}", ENV_NAME_RULE)
     return env
 
 
@@ -319,6 +344,8 @@ def _pids(table: _Table) -> int | None:
     pids = table.integer("pids", None)
     if pids is not None and pids <= 0:
         table.fail("pids", f"must be positive, not {pids}")
+    if pids is not None and pids > MAX_PIDS:
+        table.fail("pids", f"must be at most {MAX_PIDS} (the kernel's limit), not {pids}")
     return pids
 
 

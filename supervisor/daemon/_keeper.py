@@ -521,8 +521,10 @@ class Keeper:
         """Stop a container on our own account (signal, timeout, SIGKILL);
         with ``remove``, delete it too. ``manual``: the policy must not undo it.
         Errors are logged (and False returned), or with ``quiet=False`` raised."""
+        definition = self.definitions.get(cid)
+        wait = grace if grace is not None else definition.stop_timeout if definition else 0.0
         try:
-            with anyio.fail_after(OPERATION_TIMEOUT * 2 + (grace or 0.0)):
+            with anyio.fail_after(OPERATION_TIMEOUT * 2 + wait):
                 async with self._lock(cid):
                     await self._stop_locked(
                         cid, remove=remove, grace=grace, manual=manual, kill=kill
