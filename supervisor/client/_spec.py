@@ -117,20 +117,33 @@ def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
     raise InvalidArgument(f"{kind} {name!r} is not in {rootfs}/etc/{table}")
 
 
+#: Linux ids are 32 bits; (uid_t)-1 means "none" to the kernel.
+_MAX_ID = 2**32 - 2
+#: The most CPUs Linux supports (NR_CPUS at its largest).
+MAX_CPUS = 8192
+
+
+def _id_number(text: str, what: str) -> int:
+    """A numeric uid or gid: ASCII digits (``"²".isdigit()`` holds too), 32 bits."""
+    if not text.isascii() or int(text) > _MAX_ID:
+        raise InvalidArgument(f"{what} {text!r} is not a number from 0 to {_MAX_ID}")
+    return int(text)
+
+
 def parse_user(user: str, rootfs: Path | None = None) -> dict[str, int]:
     """Turn ``uid[:gid]`` or ``name[:group]`` into an OCI user object."""
     name, _, group = user.partition(":")
     if not name:
         raise InvalidArgument(f"user {user!r} is empty")
     if name.isdigit():
-        uid, gid = int(name), 0
+        uid, gid = _id_number(name, "user"), 0
     elif rootfs is not None:
         uid, gid = _lookup(rootfs, "passwd", name)
     else:
         raise InvalidArgument(f"user {name!r} must be numeric here")
     if group:
         if group.isdigit():
-            gid = int(group)
+            gid = _id_number(group, "group")
         elif rootfs is not None:
             gid = _lookup(rootfs, "group", group)[0]
         else:
@@ -222,7 +235,11 @@ def oci_spec(
     root = Path(rootfs)
     if not root.is_absolute():
         raise InvalidArgument(f"rootfs {str(root)!r} must be an absolute path")
-    if not root.is_dir():
+    try:
+        is_dir = root.is_dir()
+    except OSError as exc:  # a name too long, a loop of links
+        raise InvalidArgument(f"rootfs {str(root)!r}: {exc.strerror or exc}") from None
+    if not is_dir:
         raise InvalidArgument(f"rootfs {str(root)!r} is not a directory")
     process = process_spec(
         args, env=env, cwd=cwd, user=user, terminal=terminal,
@@ -235,8 +252,8 @@ def oci_spec(
             raise InvalidArgument(f"memory limit {memory_limit} is below the 4 MiB minimum")
         resources["memory"] = {"limit": memory_limit}
     if cpus is not None:
-        if not cpus > 0:
-            raise InvalidArgument(f"cpus must be positive, not {cpus}")
+        if not 0 < cpus <= MAX_CPUS:
+            raise InvalidArgument(f"cpus must be more than 0 and at most {MAX_CPUS}, not {cpus}")
         resources["cpu"] = {"period": 100_000, "quota": round(cpus * 100_000)}
     if pids_limit is not None:
         if pids_limit <= 0:

@@ -236,25 +236,21 @@ def test_pause_and_resume_in_the_wrong_state_are_preconditions(message: str) -> 
 # -- found, not fixed here: supervisor/client/_spec.py is being changed elsewhere -------
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="int('²') in parse_user; reported")
 def test_user_with_a_non_ascii_digit() -> None:
     with pytest.raises(InvalidArgument):
         parse_user("²")
 
 
-@pytest.mark.xfail(strict=True, reason="uid past 2**32 - 1 accepted; runc refuses it; reported")
 def test_user_id_past_uint32() -> None:
     with pytest.raises(InvalidArgument):
         parse_user("4294967296")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="round(inf) in oci_spec; reported")
 def test_oci_spec_huge_cpus(rootfs: Path) -> None:
     with pytest.raises(InvalidArgument):
         oci_spec(rootfs, ["/bin/app"], cpus=1e308)
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="is_dir() raises ENAMETOOLONG; reported")
 def test_oci_spec_rootfs_name_too_long() -> None:
     with pytest.raises(InvalidArgument):
         oci_spec("/" + "x" * 300, ["/bin/app"])
