@@ -432,9 +432,15 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self.daemon.output_listeners[definition.id] = listeners
         exited = self.daemon.exit_waiter(definition.id)
         assert request.definition is not None
-        io = await self.daemon.run_container(
-            definition, remove=request.remove, stdin=request.definition.stdin
-        )
+        try:
+            io = await self.daemon.run_container(
+                definition, remove=request.remove, stdin=request.definition.stdin
+            )
+        except BaseException:  # nothing will follow or wait: leave nothing behind
+            if self.daemon.output_listeners.get(definition.id) is listeners:
+                del self.daemon.output_listeners[definition.id]
+            self.daemon.drop_exit_waiter(definition.id, exited)
+            raise
         return io, follower, exited
 
     async def _info_or_gone(self, cid: str) -> pb.ContainerInfo:

@@ -419,6 +419,14 @@ class Keeper:
         self._exits.setdefault(cid, []).append(waiter)
         return waiter
 
+    def drop_exit_waiter(self, cid: str, waiter: anyio.Event) -> None:
+        """Forget a waiter nobody will wait on (a run that failed)."""
+        waiters = self._exits.get(cid, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._exits.pop(cid, None)
+
     async def run_container(
         self, definition: ContainerDefinition, *, remove: bool, stdin: bool
     ) -> FifoIO:
