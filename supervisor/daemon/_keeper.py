@@ -501,7 +501,13 @@ class Keeper:
                     await container.update_labels(
                         manual_stop(lenient_state(container.info.labels)).to_labels()
                     )
-                await (await container.task()).kill(signum, all=True)
+                task = await container.task()
+                await task.kill(signum, all=True)
+                if signum == signal.SIGKILL:  # frozen, it could not die: thaw it (moby does)
+                    state = await self.client.process_state(cid)
+                    if state.status in (TaskStatus.PAUSED, TaskStatus.PAUSING):
+                        with contextlib.suppress(SupervisorError):  # it may be gone already
+                            await task.resume()
 
     async def stop_container(self, cid: str, *, grace: float | None = None) -> None:
         """A manual stop: signal, ``grace`` seconds (default: the container's
@@ -565,7 +571,8 @@ class Keeper:
             state = None
         if state is not None and state.status is not TaskStatus.STOPPED:
             task = await container.task()
-            code = await _stop_task(task, labels, grace, kill=kill)
+            paused = state.status in (TaskStatus.PAUSED, TaskStatus.PAUSING)
+            code = await _stop_task(task, labels, grace, kill=kill, paused=paused)
             if not manual and not remove:
                 # A stop by the daemon's shutdown: recorded, not counted as a
                 # restart; the next daemon starts it again if its policy would
@@ -643,12 +650,14 @@ def _remove_empty_cgroups(spec: dict[str, Any]) -> None:
                 (base / path.lstrip("/")).rmdir()
 
 
-async def _stop_task(task: Task, labels: Any, grace: float | None, *, kill: bool = False) -> int:
+async def _stop_task(
+    task: Task, labels: Any, grace: float | None, *, kill: bool = False, paused: bool = False
+) -> int:
     """The stop signal, ``grace`` seconds, then SIGKILL to all (at once with
-    ``kill``); the exit code."""
+    ``kill``); the exit code. A paused task is resumed once signalled, as moby
+    does: frozen, it could act on neither signal."""
     if kill:
-        with contextlib.suppress(NotFound, FailedPrecondition):
-            await task.kill(signal.SIGKILL, all=True)
+        await _signal(task, signal.SIGKILL, paused)
         with anyio.fail_after(10):
             return await _exit_code(task)
     try:
@@ -656,8 +665,7 @@ async def _stop_task(task: Task, labels: Any, grace: float | None, *, kill: bool
         timeout = float(labels.get(STOP_TIMEOUT, 10.0)) if grace is None else grace
     except ValueError:
         signum, timeout = int(signal.SIGTERM), 10.0
-    with contextlib.suppress(NotFound, FailedPrecondition):
-        await task.kill(signum)
+    await _signal(task, signum, paused, all=False)
     with anyio.move_on_after(timeout) as waited:
         return await _exit_code(task)
     if waited.cancelled_caught:
@@ -667,6 +675,14 @@ async def _stop_task(task: Task, labels: Any, grace: float | None, *, kill: bool
         await task.kill(signal.SIGKILL, all=True)
     with anyio.fail_after(10):
         return await _exit_code(task)
+
+
+async def _signal(task: Task, signum: int, paused: bool, *, all: bool = True) -> None:
+    with contextlib.suppress(NotFound, FailedPrecondition):
+        await task.kill(signum, all=all)
+    if paused:
+        with contextlib.suppress(SupervisorError):  # "cannot resume a stopped container"
+            await task.resume()
 
 
 async def _exit_code(task: Task) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from supervisor import Client
 
-from .daemon_harness import DaemonDirs, dirs, pid_of
+from .daemon_harness import DaemonDirs, dirs, pid_of, until
 from .test_cli import LINE_TIMEOUT, ps, read_line, ready
 
 __all__ = ("dirs",)
@@ -162,3 +162,36 @@ async def test_exec_into_a_container_with_a_76_character_id(dirs: DaemonDirs) ->
     done = dirs.cli("exec", cid, "echo", "in")
     assert (done.code, done.out) == (0, "in\n"), done.err
     assert dirs.cli("rm", "-f", cid).code == 0
+
+
+async def test_stop_and_kill_of_a_paused_container(dirs: DaemonDirs) -> None:
+    await ready(dirs)
+    script = "trap 'echo bye; exit 3' TERM; echo ready; while true; do sleep 0.1; done"
+    done = dirs.cli(*run(dirs, "-d", "--stop-timeout", "60", "--name", "frozen",
+                         "sh", "-c", script))  # fmt: skip
+    assert done.code == 0, done.err
+    follow = dirs.cli_process("logs", "-f", "frozen")
+    try:
+        assert read_line(follow.stdout, time.monotonic() + LINE_TIMEOUT) == b"ready\n"
+    finally:
+        follow.kill()
+        follow.wait()
+    assert dirs.cli("pause", "frozen").code == 0
+    started = time.monotonic()
+    done = dirs.cli("stop", "frozen", timeout=90)
+    took = time.monotonic() - started
+    assert done.code == 0, done.err
+    assert took < 30, took  # it got its signal on thawing: not the 60 s grace
+    [info] = ps(dirs, "-a")
+    assert (info["status"], info["exit_code"]) == ("stopped", 3)
+    assert "bye" in dirs.cli("logs", "frozen").out
+    assert dirs.cli("start", "frozen").code == 0
+    assert dirs.cli("pause", "frozen").code == 0
+    assert dirs.cli("kill", "frozen").code == 0  # SIGKILL: thawed to die
+
+    async def killed() -> bool:
+        [info] = ps(dirs, "-a")
+        return (info["status"], info["exit_code"]) == ("stopped", 137)
+
+    await until(killed)
+    assert dirs.cli("rm", "frozen").code == 0
