@@ -83,7 +83,12 @@ GROUP = "io.containerd.runc.v2.group"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PARALLEL = 8
 #: Steps during which --py-spy records the daemon.
-PROFILED = ("supervisor run -d", "rm -f, 8 parallel", "definitions dir, rm -f in one call")
+PROFILED = (
+    "supervisor run -d",
+    "ps and scrape at N",
+    "rm -f, 8 parallel",
+    "definitions dir, rm -f in one call",
+)
 SLEEP = ["/bin/sleep", "3600"]  # ctr --rootfs gives no PATH
 CALL_TIMEOUT = 1800.0
 
@@ -742,7 +747,7 @@ class Bench:
         ) as sup:
             began = time.perf_counter()
             os.kill(shim, signal.SIGKILL)
-            with anyio.move_on_after(30):
+            with anyio.move_on_after(120):
                 await done.wait()
             took = time.perf_counter() - began
             await anyio.sleep(2)  # anything else that goes with it
@@ -846,12 +851,25 @@ class Bench:
         expected = self.figures["pids"]
         self.d.drain_notify()
         old = self.d.procs[-1]
+        old_containerd = self.d.containerd_pid()
         began = time.perf_counter()
         old.kill()
         old.wait(30)
         spawned = time.perf_counter()
         self.d.start()
         answered: list[float] = []
+        marks: dict[str, float] = {}
+
+        async def containerd_serving() -> None:
+            while True:
+                if self.d.containerd_pid() not in (None, old_containerd):
+                    marks.setdefault("containerd", time.perf_counter())
+                    with contextlib.suppress(Exception):
+                        async with Client(self.d.address, self.d.namespace) as client:
+                            if await client.is_serving():
+                                marks["serving"] = time.perf_counter()
+                                return
+                await anyio.sleep(0.01)
 
         async def poll() -> None:
             while True:
@@ -864,6 +882,7 @@ class Bench:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(poll)
+            tg.start_soon(containerd_serving)
             _, status = await self.d.ready()
             ready_at = time.perf_counter()
             with anyio.fail_after(120):
@@ -874,6 +893,9 @@ class Bench:
         return {
             "ready": ready_at - began,
             "ready_spawned": ready_at - spawned,
+            "containerd_started": marks.get("containerd", ready_at) - spawned,
+            "containerd_serving": marks.get("serving", ready_at) - spawned,
+            "after_serving": ready_at - marks.get("serving", ready_at),
             "status": status,
             "answered": answered[0] - began,
             "changed": sum(1 for cid, pid in expected.items() if now.get(cid) != pid),
@@ -1091,6 +1113,12 @@ class Bench:
             ))  # fmt: skip
             rows.append(Row("  of which new process -> READY",
                             spread([k["ready_spawned"] for k in kills])))  # fmt: skip
+            rows.append(Row("    new process -> containerd spawned",
+                            spread([k["containerd_started"] for k in kills])))  # fmt: skip
+            rows.append(Row("    new process -> containerd serving",
+                            spread([k["containerd_serving"] for k in kills])))  # fmt: skip
+            rows.append(Row("    containerd serving -> READY (adoption)",
+                            spread([k["after_serving"] for k in kills])))  # fmt: skip
             rows.append(Row("SIGKILL -> List answers, all running", spread(
                 [k["answered"] for k in kills]), "what `supervisor ps` shows"))  # fmt: skip
             rows.append(Row("containers whose pid changed (restarted)",
