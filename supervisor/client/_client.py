@@ -31,6 +31,7 @@ from . import _wire
 from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
+from ._listing import RawReply, decode_containers, decode_tasks
 from ._tasks import Task
 from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
 
@@ -254,10 +255,12 @@ class Client:
         """
         self._check_open()
         with map_errors("list containers"):
-            reply = await self._containers_stub.list(
-                containers_pb.ListContainersRequest(filters=list(filters))
+            reply = await self._containers_stub._unary_unary(
+                "/containerd.services.containers.v1.Containers/List",
+                containers_pb.ListContainersRequest(filters=list(filters)),
+                RawReply,
             )
-        return [container_info(c) for c in reply.containers]
+        return decode_containers(reply.data)
 
     async def process_state(self, container_id: str, exec_id: str | None = None) -> ProcessState:
         """A task's init process, or one of its exec processes, as containerd sees it."""
@@ -277,8 +280,12 @@ class Client:
         """Every task (container init process) in the namespace."""
         self._check_open()
         with map_errors("list tasks"):
-            reply = await self._tasks_stub.list(tasks_pb.ListTasksRequest())
-        return [_wire.process_state(t) for t in reply.tasks]
+            reply = await self._tasks_stub._unary_unary(
+                "/containerd.services.tasks.v1.Tasks/List",
+                tasks_pb.ListTasksRequest(),
+                RawReply,
+            )
+        return decode_tasks(reply.data)
 
     async def metrics(self, *filters: str) -> dict[str, Stats]:
         """The cgroup statistics of every task matching any of ``filters`` (all

@@ -77,7 +77,7 @@ class ContainerInfo:
     id: str
     labels: Mapping[str, str]
     runtime: str
-    spec: dict[str, Any]
+    spec: Mapping[str, Any]
     image: str
     created_at: datetime | None
     updated_at: datetime | None

@@ -14,6 +14,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -637,7 +638,7 @@ def _runs_user_process(pid: int) -> bool:
     return bool(args[0]) and not (args[0].endswith(b"runc") and b"init" in args[1:2])
 
 
-def _remove_empty_cgroups(spec: dict[str, Any]) -> None:
+def _remove_empty_cgroups(spec: Mapping[str, Any]) -> None:
     """rmdir the container's cgroups where runc left them empty (a task lost
     by a killed containerd and deleted later leaves them); never recursive."""
     path = str((spec.get("linux") or {}).get("cgroupsPath") or "")
