@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ async def _clean(d: DaemonDirs) -> None:
     """Remove what the daemons left (their containers keep running by design)."""
     if not (d.state / "containerd" / "config.toml").exists():
         return
+    _stop_orphan_containerd(d)
     ctd = start_containerd(d.state / "containerd")
     try:
         async with Client(ctd.address, d.namespace) as client:
@@ -169,6 +171,31 @@ async def _clean(d: DaemonDirs) -> None:
     finally:
         ctd.stop()
         remove_namespace_dirs(d.namespace)
+
+
+def _stop_orphan_containerd(d: DaemonDirs) -> None:
+    """A managed containerd outlives a SIGKILLed daemon (by design): end the
+    one the test's daemons left, found by its pidfile and checked by its config."""
+    pidfile = d.state / "containerd" / "containerd.pid"
+    try:
+        pid = int(pidfile.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(d.state / "containerd" / "config.toml").encode() not in cmdline:
+        return
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(200):
+        if not Path(f"/proc/{pid}").exists() or b"Z" in _proc_state(pid):
+            return
+        time.sleep(0.05)
+
+
+def _proc_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return b""
 
 
 async def until(check: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
