@@ -31,7 +31,7 @@ from . import _wire
 from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
-from ._listing import RawReply, decode_containers, decode_tasks
+from ._listing import RawReply, decode_containers, decode_metrics, decode_tasks
 from ._tasks import Task
 from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
 
@@ -292,8 +292,12 @@ class Client:
         without), by container id, in one call."""
         self._check_open()
         with map_errors("get metrics"):
-            reply = await self._tasks_stub.metrics(tasks_pb.MetricsRequest(filters=list(filters)))
-        return {m.id: _wire.stats(m.data, m.timestamp) for m in reply.metrics}
+            reply = await self._tasks_stub._unary_unary(
+                "/containerd.services.tasks.v1.Tasks/Metrics",
+                tasks_pb.MetricsRequest(filters=list(filters)),
+                RawReply,
+            )
+        return decode_metrics(reply.data)
 
 
 class Container:

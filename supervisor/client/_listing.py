@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import ContainerdError
-from ._types import ContainerInfo, ExitStatus, ProcessState, RuncOptions, TaskStatus
+from ._types import ContainerInfo, ExitStatus, ProcessState, RuncOptions, Stats, TaskStatus
 
 log = logging.getLogger("supervisor.client")
 
-__all__ = ("LazySpec", "RawReply", "decode_containers", "decode_tasks")
+__all__ = ("LazySpec", "RawReply", "decode_containers", "decode_metrics", "decode_tasks")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _STATUS = (
@@ -275,3 +275,124 @@ def decode_tasks(data: bytes) -> list[ProcessState]:
         return [_process(_bytes(v)) for n, v in _fields(data) if n == 1]
     except (IndexError, UnicodeDecodeError) as exc:
         raise ContainerdError(f"malformed task listing: {exc}") from exc
+
+
+# -- Tasks.Metrics: the cgroup figures of every task, read at each scrape and `stats` --
+
+_UNLIMITED = 1 << 62  # what the kernel reports for "max", roughly (as _wire)
+
+
+def _message(value: int | bytes) -> dict[int, int | bytes]:
+    """One level, last value of each field wins (what proto3 says of scalars)."""
+    return dict(_fields(_bytes(value)))
+
+
+def _u(message: dict[int, int | bytes], number: int) -> int:
+    return _int(message.get(number, 0))
+
+
+def _sub(message: dict[int, int | bytes], number: int) -> dict[int, int | bytes]:
+    value = message.get(number)
+    return {} if value is None else _message(value)
+
+
+def _cap(value: int) -> int | None:
+    return None if value == 0 or value >= _UNLIMITED else value
+
+
+def _packed(message_bytes: bytes, number: int) -> tuple[int, ...]:
+    """A repeated uint64, packed or not."""
+    out: list[int] = []
+    for n, value in _fields(message_bytes):
+        if n != number:
+            continue
+        if isinstance(value, int):
+            out.append(value)
+        else:
+            pos = 0
+            while pos < len(value):
+                item, pos = _varint(value, pos)
+                out.append(item)
+    return tuple(out)
+
+
+def _stats_v1(data: bytes, when: datetime | None) -> Stats:
+    m = dict(_fields(data))
+    cpu = _sub(m, 3)
+    usage_bytes = cpu.get(1, b"")
+    usage = _message(usage_bytes) if usage_bytes else {}
+    throttle = _sub(cpu, 2)
+    mem = _sub(m, 4)
+    mem_usage, swap = _sub(mem, 33), _sub(mem, 34)
+    pids, oom = _sub(m, 2), _sub(m, 9)
+    used, swapped = _u(mem_usage, 2), _u(swap, 2)
+    return Stats(
+        cgroup_version=1,
+        cpu_total_ns=_u(usage, 1),
+        cpu_user_ns=_u(usage, 3),
+        cpu_kernel_ns=_u(usage, 2),
+        cpu_throttled_periods=_u(throttle, 2),
+        cpu_throttled_ns=_u(throttle, 3),
+        memory_usage=used,
+        memory_limit=_cap(_u(mem_usage, 1)),
+        memory_max_usage=_u(mem_usage, 3) or None,
+        memory_cache=_u(mem, 1),
+        memory_rss=_u(mem, 2),
+        memory_swap_usage=max(swapped - used, 0) if swapped else 0,
+        oom_kills=_u(oom, 3),
+        pids_current=_u(pids, 1),
+        pids_limit=_cap(_u(pids, 2)),
+        timestamp=when,
+        per_cpu_ns=_packed(_bytes(usage_bytes), 4) if usage_bytes else (),
+    )
+
+
+def _stats_v2(data: bytes, when: datetime | None) -> Stats:
+    m = dict(_fields(data))
+    cpu, mem, events, pids = _sub(m, 2), _sub(m, 4), _sub(m, 8), _sub(m, 1)
+    return Stats(
+        cgroup_version=2,
+        cpu_total_ns=_u(cpu, 1) * 1000,
+        cpu_user_ns=_u(cpu, 2) * 1000,
+        cpu_kernel_ns=_u(cpu, 3) * 1000,
+        cpu_throttled_periods=_u(cpu, 5),
+        cpu_throttled_ns=_u(cpu, 6) * 1000,
+        memory_usage=_u(mem, 32),
+        memory_limit=_cap(_u(mem, 33)),
+        memory_max_usage=None,
+        memory_cache=_u(mem, 2),
+        memory_rss=_u(mem, 1),
+        memory_swap_usage=_u(mem, 34),
+        oom_kills=_u(events, 5),
+        pids_current=_u(pids, 1),
+        pids_limit=_cap(_u(pids, 2)),
+        timestamp=when,
+    )
+
+
+def _metric(buf: bytes) -> tuple[str, Stats]:
+    cid, when, data = "", None, None
+    for number, value in _fields(buf):
+        if number == 1:
+            when = _time(value)
+        elif number == 2:
+            cid = _bytes(value).decode()
+        elif number == 3:
+            data = _any(value)
+    if data is None:
+        raise ContainerdError("containerd returned a metric without data")
+    type_url, payload = data
+    name = type_url.rsplit("/", 1)[-1]
+    if name == "io.containerd.cgroups.v1.Metrics":
+        return cid, _stats_v1(payload, when)
+    if name == "io.containerd.cgroups.v2.Metrics":
+        return cid, _stats_v2(payload, when)
+    raise ContainerdError(f"unsupported metrics type {type_url!r}")
+
+
+def decode_metrics(data: bytes) -> dict[str, Stats]:
+    """A ``MetricsResponse``'s figures, by container id."""
+    try:
+        return dict(_metric(_bytes(v)) for n, v in _fields(data) if n == 1)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ContainerdError(f"malformed metrics: {exc}") from exc

@@ -9,14 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from supervisor._proto.containerd import types as types_pb
 from supervisor._proto.containerd.runc import v1 as runc_pb
 from supervisor._proto.containerd.services.containers import v1 as containers_pb
 from supervisor._proto.containerd.services.tasks import v1 as tasks_pb
 from supervisor._proto.containerd.v1 import types as task_pb
 from supervisor._proto.google.protobuf import Any as AnyPb
+from supervisor._proto.io.containerd.cgroups import v1 as cg1_pb
+from supervisor._proto.io.containerd.cgroups import v2 as cg2_pb
 from supervisor.client import _wire
 from supervisor.client._client import container_info
-from supervisor.client._listing import LazySpec, decode_containers, decode_tasks
+from supervisor.client._listing import LazySpec, decode_containers, decode_metrics, decode_tasks
 from supervisor.errors import ContainerdError
 
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -111,3 +114,54 @@ def test_malformed_listings_are_containerd_errors(data: bytes) -> None:
         decode_containers(data)
     with pytest.raises(ContainerdError):
         decode_tasks(data)
+
+
+u64 = st.integers(0, 2**64 - 1)
+
+
+def _v1() -> st.SearchStrategy[cg1_pb.Metrics]:
+    entry = st.builds(cg1_pb.MemoryEntry, limit=u64, usage=u64, max=u64, failcnt=u64)
+    return st.builds(
+        cg1_pb.Metrics,
+        pids=st.none() | st.builds(cg1_pb.PidsStat, current=u64, limit=u64),
+        cpu=st.none() | st.builds(
+            cg1_pb.CpuStat,
+            usage=st.none() | st.builds(cg1_pb.CpuUsage, total=u64, kernel=u64, user=u64,
+                                        per_cpu=st.lists(u64, max_size=4)),
+            throttling=st.none() | st.builds(cg1_pb.Throttle, periods=u64,
+                                             throttled_periods=u64, throttled_time=u64),
+        ),
+        memory=st.none() | st.builds(cg1_pb.MemoryStat, cache=u64, rss=u64,
+                                     usage=st.none() | entry, swap=st.none() | entry),
+        memory_oom_control=st.none() | st.builds(cg1_pb.MemoryOomControl, oom_kill=u64),
+    )  # fmt: skip
+
+
+def _v2() -> st.SearchStrategy[cg2_pb.Metrics]:
+    small = st.integers(0, 2**50)
+    return st.builds(
+        cg2_pb.Metrics,
+        pids=st.none() | st.builds(cg2_pb.PidsStat, current=u64, limit=u64),
+        cpu=st.none() | st.builds(cg2_pb.CpuStat, usage_usec=small, user_usec=small,
+                                  system_usec=small, nr_throttled=u64, throttled_usec=small),
+        memory=st.none() | st.builds(cg2_pb.MemoryStat, anon=u64, file=u64, usage=u64,
+                                     usage_limit=u64, swap_usage=u64),
+        memory_events=st.none() | st.builds(cg2_pb.MemoryEvents, oom_kill=u64),
+    )  # fmt: skip
+
+
+@st.composite
+def metrics(draw: st.DrawFn) -> types_pb.Metric:
+    if draw(st.booleans()):
+        data = AnyPb(type_url="io.containerd.cgroups.v1.Metrics", value=bytes(draw(_v1())))
+    else:
+        data = AnyPb(type_url="io.containerd.cgroups.v2.Metrics", value=bytes(draw(_v2())))
+    return types_pb.Metric(timestamp=draw(times), id=draw(text), data=data)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(metrics(), max_size=4, unique_by=lambda m: m.id))
+def test_metrics_as_the_generated_decoder_reads_them(items: list[types_pb.Metric]) -> None:
+    data = bytes(tasks_pb.MetricsResponse(metrics=items))
+    parsed = tasks_pb.MetricsResponse.parse(data).metrics
+    assert decode_metrics(data) == {m.id: _wire.stats(m.data, m.timestamp) for m in parsed}
