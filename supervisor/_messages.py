@@ -58,9 +58,13 @@ _DEFAULTS: dict[str, Any] = {"string": "", "bytes": b"", "bool": False, "double"
 _MASK64 = (1 << 64) - 1
 
 
+#: How a field is decoded: _Field.code.
+_SCALAR, _STRING, _BYTES, _MESSAGE, _MAP = range(5)
+
+
 class _Field:
-    __slots__ = ("entry", "key", "kind", "map_key", "map_value", "name", "number", "oneof",
-                 "repeated", "wire")  # fmt: skip
+    __slots__ = ("code", "entry", "key", "kind", "map_key", "map_value", "message", "name",
+                 "number", "oneof", "repeated", "wire")  # fmt: skip
 
     def __init__(self, name: str, number: int, kind: str, repeated: bool, oneof: str) -> None:
         self.name = name
@@ -77,6 +81,10 @@ class _Field:
             self.entry = _Type(f"{name} entry", [self.map_key, self.map_value])
             kind = "map"
         self.kind = kind
+        self.message = kind[8:] if kind.startswith("message:") else ""
+        self.code = {"string": _STRING, "bytes": _BYTES, "map": _MAP}.get(
+            kind, _MESSAGE if self.message else _SCALAR
+        )
         if kind in _VARINTS:
             self.wire = 0
         elif kind in _FIXED64:
@@ -92,7 +100,7 @@ class _Field:
             return {}
         if self.repeated:
             return []
-        if self.oneof or self.kind.startswith("message:"):
+        if self.oneof or self.message:
             return None
         return _DEFAULTS.get(self.kind, 0)
 
@@ -250,15 +258,15 @@ def _encode(message: Message, out: bytearray) -> None:
             else:
                 for v in value:
                     _encode_one(field, v, out, where)
-        elif field.oneof or value or field.kind.startswith("message:"):
+        elif field.oneof or value or field.message:
             _encode_one(field, value, out, where)
         # else: a proto3 default, not sent
 
 
 def _encode_one(field: _Field, value: Any, out: bytearray, where: str) -> None:
-    if field.kind.startswith("message:"):
-        if not isinstance(value, Message) or value._type.name != field.kind[8:]:
-            raise TypeError(f"{where} takes a {field.kind[8:]}, not {value!r}")
+    if field.message:
+        if not isinstance(value, Message) or value._type.name != field.message:
+            raise TypeError(f"{where} takes a {field.message}, not {value!r}")
         inner = bytes(value)
         out += field.key + _varint(len(inner)) + inner
     else:
@@ -291,22 +299,34 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def _decode(t: _Type, buf: bytes) -> Message:
+    return Message(t, _decode_values(t, buf))
+
+
+def _decode_values(t: _Type, buf: bytes) -> dict[str, Any]:
     values: dict[str, Any] = {}
     nested: dict[str, bytes] = {}  # a singular message field seen more than once is merged
     pos, end = 0, len(buf)
     by_number = t.by_number
     while pos < end:
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
+        key = buf[pos]  # one byte for field numbers up to 15: the fast path
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(buf, pos)
+        wire = key & 7
         value: Any
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            size, pos = _read_varint(buf, pos)
+        if wire == 2:
+            size = buf[pos]
+            if size < 0x80:
+                pos += 1
+            else:
+                size, pos = _read_varint(buf, pos)
             if pos + size > end:
                 raise DecodeError(f"malformed {t.name}: a field longer than the message")
             value = buf[pos : pos + size]
             pos += size
+        elif wire == 0:
+            value, pos = _read_varint(buf, pos)
         elif wire == 1:
             value = buf[pos : pos + 8]
             pos += 8
@@ -317,22 +337,28 @@ def _decode(t: _Type, buf: bytes) -> Message:
             raise DecodeError(f"malformed {t.name}: wire type {wire}")
         if pos > end:
             raise DecodeError(f"malformed {t.name}: truncated")
-        field = by_number.get(number)
+        field = by_number.get(key >> 3)
         if field is None:
-            if number == 0:
+            if key >> 3 == 0:
                 raise DecodeError(f"malformed {t.name}: field number 0")
             continue  # unknown: skipped, as proto3 has it
         name = field.name
-        if field.kind == "map":
+        code = field.code
+        if code == _STRING and wire == 2 and not field.repeated:
+            try:
+                values[name] = value.decode()
+            except UnicodeDecodeError:
+                raise DecodeError(f"malformed {t.name}: {name} is not UTF-8") from None
+        elif code == _MAP:
             if wire != 2:
                 raise DecodeError(f"malformed {t.name}: {name} has wire type {wire}")
-            k, v = _map_entry(t, field, value)
+            k, v = _map_entry(field, value)
             values.setdefault(name, {})[k] = v
-        elif field.kind.startswith("message:"):
+        elif code == _MESSAGE:
             if wire != 2:
                 raise DecodeError(f"malformed {t.name}: {name} has wire type {wire}")
             if field.repeated:
-                values.setdefault(name, []).append(_decode(_type(field.kind[8:]), value))
+                values.setdefault(name, []).append(_decode(_type(field.message), value))
             else:
                 nested[name] = nested.get(name, b"") + value
                 values[name] = None  # decoded below, once every part is in
@@ -351,13 +377,13 @@ def _decode(t: _Type, buf: bytes) -> Message:
                     nested.pop(other, None)
     for name, data in nested.items():
         if name in values:
-            values[name] = _decode(_type(t.by_name[name].kind[8:]), data)
-    return Message(t, values)
+            values[name] = _decode(_type(t.by_name[name].message), data)
+    return values
 
 
-def _map_entry(t: _Type, field: _Field, data: bytes) -> tuple[Any, Any]:
+def _map_entry(field: _Field, data: bytes) -> tuple[Any, Any]:
     assert field.entry is not None and field.map_key is not None and field.map_value is not None
-    got = _decode(field.entry, data)._values
+    got = _decode_values(field.entry, data)
     key = got.get("key", field.map_key.default())
     value = got.get("value", field.map_value.default())
     return key, value
