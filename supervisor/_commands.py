@@ -1,36 +1,41 @@
-"""The CLI's verbs: calls on the daemon's control API."""
+"""The CLI's verbs: calls on the daemon's control API.
+
+They go through the CLI's own small synchronous client (``_h2client``) and
+message codec (``_messages``): a call costs a few milliseconds on top of
+Python's start-up, where asyncio, grpclib and betterproto2 cost several times
+that. Only an attached ``run`` (stdin, resizes, signals) and ``exec`` use the
+async grpclib client, in ``_attached``, imported by those alone.
+
+Deadlines: a call that should be quick gives up after :data:`DEADLINE` (the
+CLI then says "timed out"); ``stop`` without ``-t`` (the container's own stop
+timeout applies), ``apply``, ``reload``, ``logs`` and ``events`` have none.
+Every call also fails when the daemon stops answering at all (see
+``_h2client``: it is sent a PING after some silence).
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import fcntl
-import json
 import os
 import re
-import signal
-import stat
-import struct
 import sys
-import termios
-import tty
-from collections.abc import AsyncIterator, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
 
-import anyio
-import anyio.abc
-from grpclib.client import Channel
-from grpclib.const import Cardinality
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+from ._h2client import Channel
+from ._messages import Message, decode, new
+from .errors import SupervisorError, Unavailable, one_line
 
-from ._proto.supervisor import v1 as pb
-from ._units import parse_size
-from .errors import SupervisorError, Unavailable, from_grpc, one_line
+TYPE_CHECKING = False  # typing is not imported at run time: the CLI's start-up
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any
 
-_READ = 65536
-
+_SERVICE = "/supervisor.v1.Control/"
+#: Seconds a quick call may take (a `stop -t T` adds T).
+DEADLINE = 300.0
+#: Calls in flight at once when a verb is given several ids.
+IN_FLIGHT = 8
 
 #: docker's exit codes for its own errors (see cli.py).
 CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
@@ -38,6 +43,8 @@ CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
 # How runc says a container's command could not be run, in a start error.
 _NOT_FOUND = re.compile(r'exec: "[^"]*": (executable file not found|stat [^:]*: no such file)')
 _CANNOT_RUN = re.compile(r'exec: "[^"]*": (permission denied|is a directory|exec format error)')
+
+_INT64_MAX = (1 << 63) - 1
 
 
 def error_code(error: BaseException) -> int:
@@ -51,51 +58,104 @@ def error_code(error: BaseException) -> int:
     return CLI_ERROR
 
 
-async def run_command(args: argparse.Namespace) -> int:
-    """Run one CLI verb; errors become one line on stderr and exit code 125 (126,
-    127 for a command that cannot be run or is not found)."""
+class _Failed(Exception):
+    """A call failed: the daemon's error (or the connection's), carried out of
+    the verb so that it is told apart from the verb's own checks."""
+
+    def __init__(self, error: SupervisorError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one CLI verb; errors of the daemon and the connection become one line
+    on stderr and exit code 125 (126, 127 for a command that cannot be run or is
+    not found). The verb's own checks raise SupervisorError (cli.main: 125)."""
     path = args.socket
-    channel = Channel(path=path)
+    if args.command == "exec" or (args.command == "run" and not args.detach):
+        from ._attached import VERBS as ATTACHED
+
+        return ATTACHED[args.command](args)
     try:
-        stub = pb.ControlStub(channel)
-        try:
-            try:
-                return await VERBS[args.command](stub, channel, args)
-            except BaseExceptionGroup as group:  # from an attached call's task group
-                raise _first(group) from None
-        except GRPCError as exc:
-            error: Exception = from_grpc(exc)
-        except (
-            ConnectionRefusedError,
-            ConnectionResetError,
-            FileNotFoundError,
-            NotADirectoryError,
-            StreamTerminatedError,
-        ) as exc:
-            error = Unavailable(f"cannot reach the daemon at {path} ({_why(exc)}); is it running?")
-        except PermissionError:
-            error = SupervisorError(f"permission denied on {path} (root or its group only)")
-        except OSError as exc:  # e.g. "AF_UNIX path too long"
-            error = SupervisorError(f"{_why(exc)} (control socket {path})")
-        print(one_line(f"supervisor {args.command}: {error}"), file=sys.stderr)
-        return error_code(error)
-    finally:
-        channel.close()
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(path)
+        with Channel(path) as channel:
+            return VERBS[args.command](channel, args)
+    except _Failed as failed:
+        error: Exception = failed.error
+    except TimeoutError:
+        raise  # cli.main: "timed out"
+    except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError,
+            NotADirectoryError) as exc:  # fmt: skip
+        error = Unavailable(f"cannot reach the daemon at {path} ({_why(exc)}); is it running?")
+    except PermissionError:
+        error = SupervisorError(f"permission denied on {path} (root or its group only)")
+    except OSError as exc:  # e.g. "AF_UNIX path too long"
+        error = SupervisorError(f"{_why(exc)} (control socket {path})")
+    print(one_line(f"supervisor {args.command}: {error}"), file=sys.stderr)
+    return error_code(error)
 
 
 def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _unary(
+    channel: Channel, method: str, request: Message, reply: str, timeout: float | None = DEADLINE
+) -> Message:
+    data = bytes(request)  # before the call: a value out of range is the verb's own error
+    try:
+        return decode(reply, channel.unary(_SERVICE + method, data, timeout=timeout))
+    except SupervisorError as exc:
+        raise _Failed(exc) from None
+
+
+def _stream(channel: Channel, method: str, request: Message, reply: str) -> Iterator[Message]:
+    data = bytes(request)
+    try:
+        for message in channel.stream(_SERVICE + method, data):
+            yield decode(reply, message)
+    except SupervisorError as exc:
+        raise _Failed(exc) from None
+
+
+def _each(
+    channel: Channel,
+    args: argparse.Namespace,
+    method: str,
+    request: Callable[[str], Message],
+    timeout: float | None = DEADLINE,
+) -> int:
+    """``method`` on every id, :data:`IN_FLIGHT` at a time; one line per id, in
+    their order: the id when it worked, the error on stderr when not."""
+    ids: list[str] = args.ids
+    requests = [bytes(request(cid)) for cid in ids]
+    failed = 0
+    try:
+        replies = channel.unary_many(
+            _SERVICE + method, requests, in_flight=IN_FLIGHT, timeout=timeout
+        )
+        for cid, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, SupervisorError):
+                print(one_line(f"supervisor {args.command}: {reply}"), file=sys.stderr)
+                failed += 1
+            else:
+                print(cid)
+    except SupervisorError as exc:  # the connection, not one call
+        raise _Failed(exc) from None
+    return CLI_ERROR if failed else 0
+
+
+def _time(nanos: int) -> datetime | None:
+    """The API's Unix nanoseconds (0: none) as a datetime, to the microsecond."""
+    if nanos <= 0:
+        return None
+    from datetime import UTC, datetime, timedelta
+
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=nanos // 1000)
+
+
+def _iso(nanos: int) -> str | None:
+    when = _time(nanos)
+    return None if when is None else when.isoformat()
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -111,192 +171,29 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def _size(text: str | None) -> int:
     if not text:
         return 0
+    from ._units import parse_size
+
     return parse_size(text)
 
 
-def _info_dict(info: pb.ContainerInfo) -> dict[str, Any]:
-    return {
-        "id": info.id,
-        "status": info.status,
-        "pid": info.pid,
-        "restart": info.restart,
-        "restart_count": info.restart_count,
-        "exit_code": info.exit_code if info.exited else None,
-        "started_at": info.started_at.isoformat() if info.started_at else None,
-        "finished_at": info.finished_at.isoformat() if info.finished_at else None,
-        "source": info.source,
-        "command": list(info.command),
-        "rootfs": info.rootfs,
-        "labels": dict(info.labels),
-        "manually_stopped": info.manually_stopped,
-        "oom_kills": info.oom_kills,
-        "log_path": info.log_path,
-        "problem": info.problem or None,
-    }
-
-
-# -- run, exec: attached streams ------------------------------------------------------------
-
-
-class _Call:
-    def __init__(self) -> None:
-        self.code: int | None = None
-        self.reset: StreamTerminatedError | None = None
-
-    def result(self) -> int:
-        if self.code is not None:
-            return self.code
-        assert self.reset is not None
-        raise self.reset
-
-
-@contextlib.asynccontextmanager
-async def _reset_means_status() -> AsyncIterator[_Call]:
-    """grpclib can see the server's reset before the status that preceded it
-    (a call refused at once, e.g. an unknown id). Swallow the reset here: the
-    request's own exit, outside this block, raises the status when it came."""
-    call = _Call()
-    try:
-        yield call
-    except BaseException as exc:
-        first = _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if not isinstance(first, StreamTerminatedError):
-            raise
-        call.reset = first
-
-
-@contextlib.contextmanager
-def _raw_terminal(enabled: bool) -> Iterator[None]:
-    if not enabled or not os.isatty(0):
-        yield
-        return
-    saved = termios.tcgetattr(0)
-    try:
-        tty.setraw(0)
-        yield
-    finally:
-        termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-
-def _terminal_size() -> pb.Resize | None:
-    for fd in (0, 1):
-        with contextlib.suppress(OSError):
-            rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
-            if rows and cols:
-                return pb.Resize(width=cols, height=rows)
-    return None
-
-
-def _size_key(size: pb.Resize | None) -> tuple[int, int] | None:
-    return None if size is None else (size.width, size.height)
-
-
-async def _stdin_chunks() -> AsyncIterator[bytes]:
-    fd = sys.stdin.fileno()
-    # stdin stays blocking (a terminal shares it with stdout): wait until it is
-    # readable, then one read returns what is there. Files can't be polled.
-    mode = os.fstat(fd).st_mode
-    pollable = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
-    while True:
-        try:
-            if pollable:
-                await anyio.wait_readable(fd)
-                data = os.read(fd, _READ)
-            else:
-                data = await anyio.to_thread.run_sync(os.read, fd, _READ)
-        except OSError as exc:
-            if exc.errno == errno.EIO:  # the terminal went away
-                return
-            raise
-        if not data:
-            return
-        yield data
-
-
-async def _attached(
-    stream: Any, input_cls: type, output_cls: type, interactive: bool, terminal: bool
-) -> int:
-    """Pump stdin and SIGWINCH into ``stream``, its outputs to stdout/stderr."""
-    code = 255
-    async with anyio.create_task_group() as tg:
-        sent = _size_key(_terminal_size()) if terminal else None
-
-        async def resize_if_changed() -> None:
-            # Checked before every input too: a SIGWINCH can arrive after the
-            # keystrokes typed in the new size, or be merged with another.
-            nonlocal sent
-            size = _terminal_size()
-            if size is not None and _size_key(size) != sent:
-                sent = _size_key(size)
-                await stream.send_message(input_cls(resize=size))
-
-        async def forward_stdin() -> None:
-            if interactive:
-                async for chunk in _stdin_chunks():
-                    if terminal:
-                        await resize_if_changed()
-                    await stream.send_message(input_cls(stdin=chunk))
-                await stream.send_message(input_cls(close_stdin=True))
-
-        async def forward_resizes() -> None:
-            with anyio.open_signal_receiver(signal.SIGWINCH) as signals:
-                async for _ in signals:
-                    await resize_if_changed()
-
-        async def quietly(forward: Any) -> None:
-            # The output side decides how this ends: once the server has sent
-            # the exit code it may reset the stream under a pending input.
-            with contextlib.suppress(StreamTerminatedError, GRPCError):
-                await forward()
-
-        if interactive or terminal:
-            tg.start_soon(quietly, forward_stdin)
-        if terminal:
-            tg.start_soon(quietly, forward_resizes)
-        out = sys.stdout.buffer
-        err = sys.stderr.buffer
-        while True:
-            message = await stream.recv_message()
-            if message is None:
-                break
-            if message.stdout is not None:
-                out.write(message.stdout)
-                out.flush()
-            elif message.stderr is not None:
-                err.write(message.stderr)
-                err.flush()
-            elif message.exit_code is not None:
-                code = message.exit_code
-                break
-        tg.cancel_scope.cancel()
-    # Half-close: the server, which waits for it, then ends the call cleanly.
-    with contextlib.suppress(StreamTerminatedError, GRPCError):
-        await stream.end()
-    return code
-
-
-#: The signals an attached `run` passes to its container (docker's --sig-proxy).
-_PROXIED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
-
-
-async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
+def command_of(args: argparse.Namespace) -> list[str]:
     command = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
+    return command
+
+
+def run_request(args: argparse.Namespace) -> Message:
+    """The RunInput that starts ``run``'s container."""
+    command = command_of(args)
     if not args.rootfs:
         raise SupervisorError("--rootfs DIR is needed (images are not supported yet)")
     if not command:
         raise SupervisorError("a command is needed: supervisor run --rootfs DIR CMD [ARG...]")
-    definition = pb.Definition(
+    definition = new(
+        "Definition",
         id=args.name,
-        rootfs=_absolute(args.rootfs),
+        rootfs=os.path.abspath(args.rootfs),
         command=command,
         env=_pairs(args.env, "environment entry"),
         user=args.user,
@@ -311,100 +208,48 @@ async def _run(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace)
         terminal=args.tty,
         stdin=args.interactive,
     )
-    request = pb.RunRequest(definition=definition, attach=not args.detach, remove=args.rm)
-    async with (
-        channel.request(
-            "/supervisor.v1.Control/Run", Cardinality.STREAM_STREAM, pb.RunInput, pb.RunOutput
-        ) as stream,
-        _reset_means_status() as call,
-    ):
-        await stream.send_message(pb.RunInput(request=request))
-        first = await stream.recv_message()
-        if first is None or first.started is None:
-            await stream.recv_trailing_metadata()
-            raise SupervisorError("the daemon did not start the container")
-        if args.detach:
-            print(first.started.id)
-            await stream.end()
-            return 0
-        size = _terminal_size() if args.tty else None
-        if size is not None:
-            await stream.send_message(pb.RunInput(resize=size))
-        cid = first.started.id
-        with _raw_terminal(args.tty and args.interactive):
-            async with anyio.create_task_group() as tg:
-                if args.sig_proxy:
-                    await tg.start(_proxy_signals, stub, cid, tg.cancel_scope)
-                call.code = await _attached(
-                    stream, pb.RunInput, pb.RunOutput, args.interactive, args.tty
-                )
-                tg.cancel_scope.cancel()
-            if call.code is None:  # detached by a second Ctrl-C
-                await stream.cancel()  # the container goes on without us
-                print(f"supervisor run: detached; {cid} goes on (supervisor logs -f {cid})",
-                      file=sys.stderr)  # fmt: skip
-                return 0
-    return call.result()
+    request = new("RunRequest", definition=definition, attach=not args.detach, remove=args.rm)
+    return new("RunInput", request=request)
 
 
-async def _proxy_signals(
-    stub: pb.ControlStub,
-    cid: str,
-    attached: anyio.CancelScope,
-    *,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Pass the signals the CLI gets to the container, as `docker run` does; a
-    second Ctrl-C (SIGINT) detaches instead: the container goes on."""
-    interrupts = 0
-    with anyio.open_signal_receiver(*_PROXIED) as signals:
-        task_status.started()  # before any output: a Ctrl-C after it is passed on
-        async for signum in signals:
-            if signum == signal.SIGINT:
-                interrupts += 1
-                if interrupts > 1:
-                    attached.cancel()
-                    return
-            with contextlib.suppress(GRPCError, StreamTerminatedError, OSError):
-                await stub.kill(pb.KillRequest(id=cid, signal=signum.name, proxy=True))
+def _info_dict(info: Message) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "status": info.status,
+        "pid": info.pid,
+        "restart": info.restart,
+        "restart_count": info.restart_count,
+        "exit_code": info.exit_code if info.exited else None,
+        "started_at": _iso(info.started_at_unix_nanos),
+        "finished_at": _iso(info.finished_at_unix_nanos),
+        "source": info.source,
+        "command": list(info.command),
+        "rootfs": info.rootfs,
+        "labels": dict(info.labels),
+        "manually_stopped": info.manually_stopped,
+        "oom_kills": info.oom_kills,
+        "log_path": info.log_path,
+        "problem": info.problem or None,
+    }
 
 
-async def _exec(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    command = list(args.cmd)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise SupervisorError("a command is needed")
-    start = pb.ExecStart(
-        id=args.id,
-        command=command,
-        terminal=args.tty,
-        stdin=args.interactive,
-        env=_pairs(args.env, "environment entry"),
-        user=args.user,
-        cwd=args.workdir,
-        size=_terminal_size() if args.tty else None,
-    )
-    async with (
-        channel.request(
-            "/supervisor.v1.Control/Exec", Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput
-        ) as stream,
-        _reset_means_status() as call,
-    ):
-        await stream.send_message(pb.ExecInput(start=start))
-        with _raw_terminal(args.tty and args.interactive):
-            call.code = await _attached(
-                stream, pb.ExecInput, pb.ExecOutput, args.interactive, args.tty
-            )
-    return call.result()
+# -- the verbs ------------------------------------------------------------------------------
 
 
-# -- the rest ----------------------------------------------------------------------------
+def _run(channel: Channel, args: argparse.Namespace) -> int:
+    """``run -d`` (an attached run is in _attached): the request and the first reply."""
+    first = _unary(channel, "Run", run_request(args), "RunOutput")
+    if first.started is None:
+        raise SupervisorError("the daemon did not start the container")
+    print(first.started.id)
+    return 0
 
 
-async def _ps(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    reply = await stub.list(pb.ListRequest(all=args.all))
+def _ps(channel: Channel, args: argparse.Namespace) -> int:
+    reply = _unary(channel, "List", new("ListRequest", all=args.all), "ListResponse")
     if args.json:
+        import json
+
         print(json.dumps([_info_dict(c) for c in reply.containers], indent=2))
         return 0
     rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "COMMAND")]
@@ -425,99 +270,117 @@ async def _ps(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) 
     return 0
 
 
-async def _inspect(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    infos = [_info_dict(await stub.inspect(pb.ContainerRef(id=cid))) for cid in args.ids]
+def _inspect(channel: Channel, args: argparse.Namespace) -> int:
+    import json
+
+    requests = [bytes(new("ContainerRef", id=cid)) for cid in args.ids]
+    infos = []
+    try:
+        for reply in channel.unary_many(
+            _SERVICE + "Inspect", requests, in_flight=IN_FLIGHT, timeout=DEADLINE
+        ):
+            if isinstance(reply, SupervisorError):
+                raise reply  # the first failure fails the verb, as it always has
+            infos.append(_info_dict(decode("ContainerInfo", reply)))
+    except SupervisorError as exc:
+        raise _Failed(exc) from None
     print(json.dumps(infos, indent=2))
     return 0
 
 
-def _since(text: str | None) -> datetime | None:
+def _since(text: str | None) -> int:
+    """``--since`` as Unix nanoseconds; 0 for none (also for a time before 1970)."""
     if not text:
-        return None
+        return 0
+    from datetime import UTC, datetime, timedelta
+
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
         try:
-            return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
+            when = datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * unit)
         except OverflowError:  # before year 1
             raise SupervisorError(f"--since {text!r} is too long ago") from None
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SupervisorError(
-            f"--since {text!r}: use RFC 3339 or a duration like 10s, 5m"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    else:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise SupervisorError(
+                f"--since {text!r}: use RFC 3339 or a duration like 10s, 5m"
+            ) from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    nanos = (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    return min(max(nanos, 0), _INT64_MAX)
 
 
-async def _logs(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    request = pb.LogsRequest(
+def _logs(channel: Channel, args: argparse.Namespace) -> int:
+    request = new(
+        "LogsRequest",
         id=args.id,
         follow=args.follow,
         tail=args.tail or 0,
         has_tail=args.tail is not None,
-        since=_since(args.since),
+        since_unix_nanos=_since(args.since),
     )
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    async for record in stub.logs(request):
+    for record in _stream(channel, "Logs", request, "LogRecord"):
         target = err if record.stream == "stderr" else out
-        if args.timestamps and record.time is not None:
-            target.write(record.time.isoformat().encode() + b" ")
+        if args.timestamps and record.time_unix_nanos:
+            target.write(f"{_iso(record.time_unix_nanos)} ".encode())
         target.write(record.line)
         target.flush()
     return 0
 
 
-async def _each(args: argparse.Namespace, call: Any) -> int:
-    failed = 0
-    for cid in args.ids:
-        try:
-            await call(cid)
-            print(cid)
-        except GRPCError as exc:
-            print(one_line(f"supervisor {args.command}: {from_grpc(exc)}"), file=sys.stderr)
-            failed += 1
-    return CLI_ERROR if failed else 0
+def _stop(channel: Channel, args: argparse.Namespace) -> int:
+    grace = args.time
+    # Without -t (or with one too large to add up, or nan) the daemon applies
+    # the container's own stop timeout, which we do not know: no deadline.
+    timeout = DEADLINE + max(grace, 0.0) if grace is not None and grace < 1e9 else None
+    return _each(channel, args, "Stop", lambda cid: new(
+        "StopRequest", id=cid, timeout=grace or 0.0, has_timeout=grace is not None),
+        timeout=timeout)  # fmt: skip
 
 
-async def _stop(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.stop(pb.StopRequest(
-        id=cid, timeout=args.time or 0.0, has_timeout=args.time is not None)))  # fmt: skip
+def _start(channel: Channel, args: argparse.Namespace) -> int:
+    return _each(channel, args, "Start", lambda cid: new("ContainerRef", id=cid))
 
 
-async def _start(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.start(pb.ContainerRef(id=cid)))
+def _kill(channel: Channel, args: argparse.Namespace) -> int:
+    return _each(channel, args, "Kill", lambda cid: new("KillRequest", id=cid, signal=args.signal))
 
 
-async def _kill(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.kill(pb.KillRequest(id=cid, signal=args.signal)))
+def _rm(channel: Channel, args: argparse.Namespace) -> int:
+    return _each(channel, args, "Remove",
+                 lambda cid: new("RemoveRequest", id=cid, force=args.force))  # fmt: skip
 
 
-async def _rm(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.remove(pb.RemoveRequest(id=cid, force=args.force)))
+def _pause(channel: Channel, args: argparse.Namespace) -> int:
+    return _each(channel, args, "Pause", lambda cid: new("ContainerRef", id=cid))
 
 
-async def _pause(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.pause(pb.ContainerRef(id=cid)))
+def _unpause(channel: Channel, args: argparse.Namespace) -> int:
+    return _each(channel, args, "Resume", lambda cid: new("ContainerRef", id=cid))
 
 
-async def _unpause(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _each(args, lambda cid: stub.resume(pb.ContainerRef(id=cid)))
-
-
-async def _stats(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    first, failed = await _read_stats(stub, list(args.ids), args.command)
-    await anyio.sleep(max(0.0, args.interval))  # CPU % is a rate: two readings
-    second, _ = await _read_stats(stub, list(first), args.command, quiet=True)
+def _stats(channel: Channel, args: argparse.Namespace) -> int:
+    first, failed = _read_stats(channel, list(args.ids), args.command)
+    interval = args.interval if args.interval == args.interval else 0.0  # nan
+    time.sleep(min(max(0.0, interval), 3600.0))  # CPU % is a rate: two readings
+    second, _ = _read_stats(channel, list(first), args.command, quiet=True)
     rows = []
     for cid, now in second.items():
         before = first[cid]
         wall = (
-            (now.read_at - before.read_at).total_seconds() if now.read_at and before.read_at else 0
+            (now.read_at_unix_nanos - before.read_at_unix_nanos) / 1e9
+            if now.read_at_unix_nanos and before.read_at_unix_nanos
+            else 0
         )
         cpu = (now.cpu_total_ns - before.cpu_total_ns) / 1e9 / wall * 100 if wall > 0 else 0.0
         rows.append((now, max(cpu, 0.0)))
     if args.json:
+        import json
+
         print(json.dumps([{**_stats_dict(r), "cpu_percent": round(cpu, 2)} for r, cpu in rows],
                          indent=2))  # fmt: skip
     else:
@@ -532,20 +395,20 @@ async def _stats(stub: pb.ControlStub, channel: Channel, args: argparse.Namespac
     return CLI_ERROR if failed else 0
 
 
-async def _read_stats(
-    stub: pb.ControlStub, ids: list[str], command: str, *, quiet: bool = False
-) -> tuple[dict[str, pb.StatsResponse], bool]:
+def _read_stats(
+    channel: Channel, ids: list[str], command: str, *, quiet: bool = False
+) -> tuple[dict[str, Message], bool]:
     """One reading of ``ids`` (all running containers when empty), in one call."""
     if not ids and quiet:
         return {}, False
-    reply = await stub.stats_all(pb.StatsRequest(ids=ids))
+    reply = _unary(channel, "StatsAll", new("StatsRequest", ids=ids), "StatsList")
     if not quiet:
         for cid in reply.not_running:
             print(f"supervisor {command}: container {cid} is not running", file=sys.stderr)
     return {r.id: r for r in reply.stats}, bool(reply.not_running)
 
 
-def _stats_dict(r: pb.StatsResponse) -> dict[str, Any]:
+def _stats_dict(r: Message) -> dict[str, Any]:
     return {
         "id": r.id,
         "cpu_total_ns": r.cpu_total_ns,
@@ -568,10 +431,13 @@ def _human(size: float) -> str:
 
 def _host_memory() -> int:
     """The host's memory: the limit of a container without one, as docker shows it."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return 0
 
 
@@ -581,13 +447,12 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-async def _events(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    async for event in stub.events(pb.EventsRequest()):
-        record = {
-            "time": event.time.isoformat() if event.time else None,
-            "id": event.container_id,
-            "type": event.type,
-        }
+def _events(channel: Channel, args: argparse.Namespace) -> int:
+    import json
+
+    for event in _stream(channel, "Events", new("EventsRequest"), "Event"):
+        record = {"time": _iso(event.time_unix_nanos), "id": event.container_id,
+                  "type": event.type}  # fmt: skip
         if event.exec_id:
             record["exec_id"] = event.exec_id
         if event.pid:
@@ -602,7 +467,7 @@ async def _events(stub: pb.ControlStub, channel: Channel, args: argparse.Namespa
     return 0
 
 
-async def _apply_result(reply: pb.ApplyResponse) -> int:
+def _apply_result(reply: Message) -> int:
     for verb, ids in (("created", reply.created), ("replaced", reply.replaced),
                       ("removed", reply.removed)):  # fmt: skip
         for cid in ids:
@@ -612,28 +477,28 @@ async def _apply_result(reply: pb.ApplyResponse) -> int:
     return CLI_ERROR if reply.errors else 0
 
 
-async def _apply(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    directory = _absolute(args.directory)
-    return await _apply_result(await stub.apply(pb.ApplyRequest(directory=directory)))
+def _apply(channel: Channel, args: argparse.Namespace) -> int:
+    request = new("ApplyRequest", directory=os.path.abspath(args.directory))
+    return _apply_result(_unary(channel, "Apply", request, "ApplyResponse", timeout=None))
 
 
-async def _reload(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
-    return await _apply_result(await stub.reload(pb.ReloadRequest()))
+def _reload(channel: Channel, args: argparse.Namespace) -> int:
+    reply = _unary(channel, "Reload", new("ReloadRequest"), "ApplyResponse", timeout=None)
+    return _apply_result(reply)
 
 
-async def _version(stub: pb.ControlStub, channel: Channel, args: argparse.Namespace) -> int:
+def _version(channel: Channel, args: argparse.Namespace) -> int:
     from . import __version__
 
-    v = await stub.version(pb.VersionRequest())
+    v = _unary(channel, "Version", new("VersionRequest"), "VersionResponse")
     print(f"client:     {__version__}")
     print(f"daemon:     {v.version} (namespace {v.namespace})")
     print(f"containerd: {v.containerd_version} ({v.containerd_revision})")
     return 0
 
 
-VERBS = {
+VERBS: dict[str, Callable[[Channel, argparse.Namespace], int]] = {
     "run": _run,
-    "exec": _exec,
     "ps": _ps,
     "inspect": _inspect,
     "logs": _logs,

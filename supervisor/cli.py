@@ -6,12 +6,15 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import one_line
+
+TYPE_CHECKING = False  # typing is not imported at run time: the CLI's start-up
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any, NoReturn
 
 DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
 
@@ -19,8 +22,67 @@ DEFAULT_SOCKET = "/run/containerd-supervisor/control.sock"
 #: 125: the CLI or the daemon failed; 126: the command cannot be run; 127: it is not found.
 CLI_ERROR, CANNOT_RUN, NOT_FOUND = 125, 126, 127
 
+_columns: int | None = None
+
+
+def _terminal_columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (and its
+    compression modules) on every call of the CLI."""
+    global _columns
+    if _columns is None:
+        try:
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        _columns = columns or 80
+    return _columns
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _terminal_columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
+
 
 class _Parser(argparse.ArgumentParser):
+    """One line on stderr for a usage error; a subcommand's arguments are added
+    when it is the one being parsed (or its help shown): a call builds one."""
+
+    def __init__(
+        self, *args: Any, arguments: Callable[[_Parser], None] | None = None, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self._arguments = arguments
+
+    def _complete(self) -> None:
+        if self._arguments is not None:
+            arguments, self._arguments = self._arguments, None
+            arguments(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._complete()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
     def error(self, message: str) -> NoReturn:
         """One line on stderr, exit code 125 (docker's, for its own errors)."""
         self.exit(CLI_ERROR, one_line(f"{self.prog}: {message} (see --help)") + "\n")
@@ -33,28 +95,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="supervisor",
-        description="An asyncio container supervisor for containerd. Most commands talk to "
-        "the daemon (`supervisor daemon`) over its control socket.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--socket",
-        default=os.environ.get("SUPERVISOR_SOCKET", DEFAULT_SOCKET),
-        help=f"the daemon's control socket (env SUPERVISOR_SOCKET; default {DEFAULT_SOCKET})",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)  # fmt: skip
-
-    def cmd(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=description or help)
-
-    p = cmd("run", "create and start a container", "Create a container from a rootfs and "
-            "start it; without -d, stream its output and exit with its exit code (125: "
-            "the CLI or the daemon failed, 126: the command cannot be run, 127: it is not "
-            "found). Ctrl-C is passed to the container; a second one detaches.")  # fmt: skip
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="the container's id (default: one is made up)")
     p.add_argument("-d", "--detach", action="store_true", help="print the id and return")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
@@ -75,21 +116,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="pass signals (Ctrl-C) to the container when attached")  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
 
-    p = cmd("ps", "list containers")
+
+def _ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
     p.add_argument("--json", action="store_true", help="one JSON array")
 
-    p = cmd("inspect", "show containers as JSON")
+
+def _ids(p: argparse.ArgumentParser) -> None:
     p.add_argument("ids", nargs="+", metavar="ID")
 
-    p = cmd("logs", "show a container's output (its JSON-lines log)")
+
+def _logs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="go on until the container exits")
     p.add_argument("--tail", type=_count, help="only the last N lines")
     p.add_argument("--since", help="only lines after this time (RFC 3339, or 10s, 5m, 2h ago)")
     p.add_argument("-t", "--timestamps", action="store_true", help="show each line's time")
     p.add_argument("id")
 
-    p = cmd("exec", "run a command in a running container")
+
+def _exec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
@@ -98,51 +143,105 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
 
-    p = cmd("stop", "stop containers (their stop signal, then SIGKILL after the timeout)")
+
+def _stop_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--time", type=float, help="seconds before SIGKILL")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    _ids(p)
 
-    p = cmd("start", "start stopped containers again")
-    p.add_argument("ids", nargs="+", metavar="ID")
 
-    p = cmd("kill", "send a signal to every process of containers")
+def _kill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--signal", default="SIGKILL")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    _ids(p)
 
-    p = cmd("rm", "remove containers")
+
+def _rm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true", help="stop running ones first")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    _ids(p)
 
-    for name, text in (("pause", "freeze containers"), ("unpause", "thaw paused containers")):
-        cmd(name, text).add_argument("ids", nargs="+", metavar="ID")
 
-    p = cmd("stats", "resource usage of containers (all running ones by default)",
-            "CPU %% over a short interval (100%% is one core), memory use and limit, "
-            "processes; one reading, as `docker stats --no-stream`.")  # fmt: skip
+def _stats_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("ids", nargs="*", metavar="ID")
     p.add_argument("--json", action="store_true", help="raw numbers as JSON")
     p.add_argument("--no-stream", action="store_true", help="accepted for docker's sake")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
-    p = cmd("events", "stream the daemon's container events")
+
+def _events_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    p = cmd("apply", "create or replace the containers of a definitions directory")
+
+def _apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
 
-    cmd("reload", "apply the daemon's definitions directory again (as SIGHUP does)")
-    cmd("version", "versions of this client, the daemon and containerd")
 
-    p = cmd("daemon", "run the supervisor service", "Run the containers defined in the "
-            "definitions directory under their restart policies, with a managed containerd "
-            "unless one is configured. SIGHUP reloads the definitions; SIGTERM stops the "
-            "daemon and leaves containers running.")  # fmt: skip
+def _daemon_arguments(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     p.add_argument("--config", type=Path, help="TOML configuration file (default: none)")
 
-    p = cmd("demo", "run a container through the library (starts its own containerd)",
-            "Start a private containerd in a temporary directory, run a busybox container "
-            "through the library (stdio, exec, metrics, kill), clean up.")  # fmt: skip
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="use this containerd socket instead of a private one")
+
+
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="supervisor",
+        description="An asyncio container supervisor for containerd. Most commands talk to "
+        "the daemon (`supervisor daemon`) over its control socket.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--socket",
+        default=os.environ.get("SUPERVISOR_SOCKET", DEFAULT_SOCKET),
+        help=f"the daemon's control socket (env SUPERVISOR_SOCKET; default {DEFAULT_SOCKET})",
+    )
+    # prog given: argparse would otherwise format the parent's usage to make it.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser, prog="supervisor")  # fmt: skip
+
+    def cmd(
+        name: str,
+        help: str,
+        arguments: Callable[[_Parser], None],
+        description: str | None = None,
+    ) -> None:
+        sub.add_parser(name, help=help, description=description or help, arguments=arguments)
+
+    cmd("run", "create and start a container", _run_arguments, "Create a container from a "
+        "rootfs and start it; without -d, stream its output and exit with its exit code (125: "
+        "the CLI or the daemon failed, 126: the command cannot be run, 127: it is not "
+        "found). Ctrl-C is passed to the container; a second one detaches.")  # fmt: skip
+    cmd("ps", "list containers", _ps_arguments)
+    cmd("inspect", "show containers as JSON", _ids)
+    cmd("logs", "show a container's output (its JSON-lines log)", _logs_arguments)
+    cmd("exec", "run a command in a running container", _exec_arguments)
+    cmd("stop", "stop containers (their stop signal, then SIGKILL after the timeout)",
+        _stop_arguments)  # fmt: skip
+    cmd("start", "start stopped containers again", _ids)
+    cmd("kill", "send a signal to every process of containers", _kill_arguments)
+    cmd("rm", "remove containers", _rm_arguments)
+    cmd("pause", "freeze containers", _ids)
+    cmd("unpause", "thaw paused containers", _ids)
+    cmd("stats", "resource usage of containers (all running ones by default)", _stats_arguments,
+        "CPU %% over a short interval (100%% is one core), memory use and limit, "
+        "processes; one reading, as `docker stats --no-stream`.")  # fmt: skip
+    cmd("events", "stream the daemon's container events", _events_arguments)
+    cmd("apply", "create or replace the containers of a definitions directory", _apply_arguments)
+    cmd("reload", "apply the daemon's definitions directory again (as SIGHUP does)",
+        _no_arguments)  # fmt: skip
+    cmd("version", "versions of this client, the daemon and containerd", _no_arguments)
+    cmd("daemon", "run the supervisor service", _daemon_arguments, "Run the containers defined "
+        "in the definitions directory under their restart policies, with a managed containerd "
+        "unless one is configured. SIGHUP reloads the definitions; SIGTERM stops the "
+        "daemon and leaves containers running.")  # fmt: skip
+    cmd("demo", "run a container through the library (starts its own containerd)",
+        _demo_arguments, "Start a private containerd in a temporary directory, run a busybox "
+        "container through the library (stdio, exec, metrics, kill), clean up.")  # fmt: skip
     return parser
 
 
@@ -202,11 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._demo import run_demo
 
             return run_demo(args.address)
-        import anyio
-
         from ._commands import run_command
 
-        return anyio.run(run_command, args)
+        return run_command(args)
     except Exception as exc:
         from .errors import SupervisorError
 

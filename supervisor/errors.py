@@ -23,8 +23,13 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+# grpclib (and typing, which it imports) load only where a status or a grpclib
+# exception is at hand: the CLI imports this module on every call, and talks
+# to the daemon without grpclib (supervisor/_h2client.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
 
 __all__ = (
     "AlreadyExists",
@@ -36,6 +41,7 @@ __all__ = (
     "Unavailable",
     "Unimplemented",
     "from_grpc",
+    "from_status",
     "map_errors",
     "one_line",
     "to_grpc",
@@ -86,13 +92,15 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-_BY_STATUS: dict[Status, type[SupervisorError]] = {
-    Status.NOT_FOUND: NotFound,
-    Status.ALREADY_EXISTS: AlreadyExists,
-    Status.FAILED_PRECONDITION: FailedPrecondition,
-    Status.INVALID_ARGUMENT: InvalidArgument,
-    Status.UNAVAILABLE: Unavailable,
-    Status.UNIMPLEMENTED: Unimplemented,
+#: By gRPC status code: NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION,
+#: INVALID_ARGUMENT, UNAVAILABLE, UNIMPLEMENTED.
+_BY_STATUS: dict[int, type[SupervisorError]] = {
+    5: NotFound,
+    6: AlreadyExists,
+    9: FailedPrecondition,
+    3: InvalidArgument,
+    14: Unavailable,
+    12: Unimplemented,
 }
 
 # containerd 1.6 returns some state errors as UNKNOWN; these messages say
@@ -108,27 +116,45 @@ _CONNECTION_ERRNOS = {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.
 
 def from_grpc(exc: GRPCError) -> SupervisorError:
     """Translate a grpclib status error into our hierarchy."""
-    message = exc.message or exc.status.name.lower().replace("_", " ")
-    cls = _BY_STATUS.get(exc.status)
-    if cls is None and exc.status is Status.UNKNOWN:
+    return from_status(exc.status.value, exc.message or "")
+
+
+def from_status(code: int, message: str) -> SupervisorError:
+    """A gRPC status code and its message, as a call's trailers carry them (an
+    unknown code is UNKNOWN): as :func:`from_grpc`, which comes here; the CLI's
+    own client, which does not use grpclib, calls this."""
+    cls = _BY_STATUS.get(code)
+    if cls is not None and message:
+        return cls(message)
+    from grpclib.const import Status
+
+    try:
+        status = Status(code)
+    except ValueError:
+        status = Status.UNKNOWN
+    message = message or status.name.lower().replace("_", " ")
+    if cls is None and status is Status.UNKNOWN:
         cls = next((c for text, c in _UNKNOWN_BY_MESSAGE if text in message), None)
     if cls is None:
-        return ContainerdError(message, exc.status)
+        return ContainerdError(message, status)
     return cls(message)
 
 
 def to_grpc(exc: SupervisorError) -> GRPCError:
     """The other direction, for our own gRPC server: an error as a status
     (its message one line: runc's may quote a path with a newline in it)."""
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
     message = one_line(str(exc))
     if isinstance(exc, ContainerdError) and exc.status is not None:
         return GRPCError(exc.status, message)
-    for status, cls in _BY_STATUS.items():
+    for code, cls in _BY_STATUS.items():
         if type(exc) is cls:
-            return GRPCError(status, message)
-    for status, cls in _BY_STATUS.items():
+            return GRPCError(Status(code), message)
+    for code, cls in _BY_STATUS.items():
         if isinstance(exc, cls):
-            return GRPCError(status, message)
+            return GRPCError(Status(code), message)
     return GRPCError(Status.UNKNOWN, message)
 
 
@@ -139,6 +165,8 @@ def map_errors(what: str = "") -> Iterator[None]:
     ``what`` (e.g. ``"create task c1"``) prefixes connection-level messages so
     the caller knows which operation lost the daemon.
     """
+    from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
     prefix = f"{what}: " if what else ""
     try:
         yield

@@ -18,7 +18,7 @@ import socket
 import stat
 import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +127,25 @@ def _ts(text: str | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_INT64_MAX = (1 << 63) - 1
+
+
+def _unix_nanos(when: datetime | None) -> int:
+    """A time as the API's int64 Unix nanoseconds; 0 for none (or before 1970)."""
+    if when is None:
+        return 0
+    nanos = (when - _EPOCH) // timedelta(microseconds=1) * 1000
+    return min(max(nanos, 0), _INT64_MAX)
+
+
+def _from_unix_nanos(nanos: int) -> datetime | None:
+    """The other way, for a request's time: 0 (or less) is none."""
+    if nanos <= 0:
+        return None
+    return _EPOCH + timedelta(microseconds=nanos // 1000)
+
+
 class ControlService(pb.ControlBase):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -162,8 +181,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             restart_count=state.restart_count,
             exit_code=int(exit_code) if exit_code and exit_code.isdigit() else 0,
             exited=exit_code is not None,
-            started_at=_ts(labels.get(STARTED_AT)),
-            finished_at=_ts(labels.get(FINISHED_AT)),
+            started_at_unix_nanos=_unix_nanos(_ts(labels.get(STARTED_AT))),
+            finished_at_unix_nanos=_unix_nanos(_ts(labels.get(FINISHED_AT))),
             source=labels.get(SOURCE, "definitions"),
             command=_json_list(labels.get(COMMAND)),
             rootfs=labels.get(ROOTFS, ""),
@@ -274,7 +293,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 self._managed(cid)
             containers = {c.id: c for c in await client.list_containers(MANAGED_FILTER)}
             metrics = await client.metrics()
-        read_at = datetime.now(UTC)
+        read_at = _unix_nanos(datetime.now(UTC))
         if not wanted:
             wanted = sorted(cid for cid in metrics if cid in known and cid in containers)
         replies, missing = [], []
@@ -284,7 +303,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 missing.append(cid)
                 continue
             replies.append(pb.StatsResponse(
-                id=cid, read_at=read_at, cpu_total_ns=stats.cpu_total_ns,
+                id=cid, read_at_unix_nanos=read_at, cpu_total_ns=stats.cpu_total_ns,
                 memory_usage=stats.memory_usage, memory_limit=stats.memory_limit or 0,
                 pids_current=stats.pids_current, pids_limit=stats.pids_limit or 0,
                 oom_kills=lenient_state(container.labels).oom_kills,
@@ -296,10 +315,10 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             self._managed(message.id)
             container = await self.daemon.client.load_container(message.id)
             stats = await (await container.task()).metrics()
-            read_at = datetime.now(UTC)
+            read_at = _unix_nanos(datetime.now(UTC))
             state = lenient_state(container.info.labels)
         return pb.StatsResponse(
-            read_at=read_at,
+            read_at_unix_nanos=read_at,
             id=message.id,
             cpu_total_ns=stats.cpu_total_ns,
             memory_usage=stats.memory_usage,
@@ -343,7 +362,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         path = daemon.config.log_dir / f"{cid}.log"
         # Streamed from a thread a batch at a time: the call holds one batch, not the files.
         records = iter_records(path, tail=message.tail if message.has_tail else None)
-        since = message.since
+        since = _from_unix_nanos(message.since_unix_nanos)
         last: datetime | None = None
         try:
             with follower:
@@ -354,7 +373,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                             continue
                         last = when
                         yield pb.LogRecord(
-                            time=when,
+                            time_unix_nanos=_unix_nanos(when),
                             stream=record["stream"],
                             line=record["log"].encode(),
                             partial=bool(record.get("partial")),
@@ -365,7 +384,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 async for when, stream, chunk in follower:
                     if last is not None and when <= last:
                         continue  # already in the file we just read
-                    yield pb.LogRecord(time=when, stream=stream, line=chunk)
+                    yield pb.LogRecord(time_unix_nanos=_unix_nanos(when), stream=stream, line=chunk)
         finally:
             records.close()
             listeners.discard(follower)
@@ -383,7 +402,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             async for cid, event_type, event in receive:
                 code = getattr(event, "exit_status", None)
                 yield pb.Event(
-                    time=event.timestamp or datetime.now(UTC),
+                    time_unix_nanos=_unix_nanos(event.timestamp or datetime.now(UTC)),
                     container_id=cid,
                     type=event_type.value,
                     exec_id=getattr(event, "exec_id", None) or "",

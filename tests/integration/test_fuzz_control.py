@@ -200,12 +200,15 @@ grace_periods = st.one_of(
     odd_floats.filter(lambda t: not t <= 2.0 or t < 0),
     st.sampled_from([0.0, -0.0, 1e-300, 0.5, 2.0, -1.0, -60.0, math.nan, -math.inf]),
 ).map(lambda t: t if not t > 2.0 else 2.0)
-datetimes = st.one_of(
-    st.none(),
-    st.datetimes(
-        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+#: LogsRequest.since_unix_nanos: none, any int64 (before 1970 and after 2262
+#: too), an hour ago and the epoch's first nanosecond.
+since_nanos = st.one_of(
+    st.just(0),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from(
+        [(datetime.now(UTC) - timedelta(hours=1) - datetime(1970, 1, 1, tzinfo=UTC))
+         // timedelta(microseconds=1) * 1000, 1]
     ),
-    st.sampled_from([datetime.now(UTC) - timedelta(hours=1), datetime(1970, 1, 1, tzinfo=UTC)]),
 )
 
 #: Commands that end by themselves (or that cannot start).
@@ -638,7 +641,7 @@ async def fuzz_all(fz: Fuzz, places: Places) -> dict[str, int]:
                 follow=st.just(False),
                 tail=int32s,
                 has_tail=st.booleans(),
-                since=datetimes,
+                since_unix_nanos=since_nanos,
             )
         )
         def check(request: pb.LogsRequest) -> None:

@@ -37,7 +37,6 @@ __all__ = (
     "VersionResponse",
 )
 
-import datetime
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -95,14 +94,6 @@ class ContainerInfo(betterproto2.Message):
 
     exited: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
 
-    started_at: "datetime.datetime | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
-
-    finished_at: "datetime.datetime | None" = betterproto2.field(
-        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
-
     source: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
 
     command: "list[str]" = betterproto2.field(11, betterproto2.TYPE_STRING, repeated=True)
@@ -127,6 +118,15 @@ class ContainerInfo(betterproto2.Message):
     cannot: e.g. its definition file no longer loads (the container is left
     as it is). Empty when all is well.
     """
+
+    started_at_unix_nanos: "int" = betterproto2.field(18, betterproto2.TYPE_INT64)
+    """
+    When its task last started and its process last exited, in Unix time
+    (nanoseconds since 1970-01-01 UTC); 0: not yet. (Times are integers in this
+    API, not google.protobuf.Timestamp: a client then needs no well-known types.)
+    """
+
+    finished_at_unix_nanos: "int" = betterproto2.field(19, betterproto2.TYPE_INT64)
 
 
 default_message_pool.register_message("supervisor.v1", "ContainerInfo", ContainerInfo)
@@ -191,10 +191,6 @@ default_message_pool.register_message("supervisor.v1", "Definition", Definition)
 
 @dataclass(eq=False, repr=False)
 class Event(betterproto2.Message):
-    time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
-
     container_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
@@ -206,6 +202,11 @@ class Event(betterproto2.Message):
     exit_code: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
 
     has_exit_code: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+
+    time_unix_nanos: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    When it happened (Unix nanoseconds).
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "Event", Event)
@@ -335,15 +336,16 @@ default_message_pool.register_message("supervisor.v1", "ListResponse", ListRespo
 
 @dataclass(eq=False, repr=False)
 class LogRecord(betterproto2.Message):
-    time: "datetime.datetime | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
-
     stream: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
     line: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
 
     partial: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    time_unix_nanos: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+    """
+    When the line was written (Unix nanoseconds).
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "LogRecord", LogRecord)
@@ -359,9 +361,10 @@ class LogsRequest(betterproto2.Message):
 
     has_tail: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
 
-    since: "datetime.datetime | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
+    since_unix_nanos: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    Only lines written after this time (Unix nanoseconds); 0: all of them.
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "LogsRequest", LogsRequest)
@@ -524,11 +527,9 @@ class StatsResponse(betterproto2.Message):
 
     oom_kills: "int" = betterproto2.field(7, betterproto2.TYPE_UINT32)
 
-    read_at: "datetime.datetime | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
-    )
+    read_at_unix_nanos: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
     """
-    When the daemon read these figures (for rates over two readings).
+    When the daemon read these figures (for rates over two readings), Unix nanoseconds.
     """
 
 
@@ -899,9 +900,6 @@ class ControlStub(betterproto2_grpclib.ServiceStub):
             deadline=deadline,
             metadata=metadata,
         )
-
-
-from ...google import protobuf as __google__protobuf__
 
 
 class ControlBase(betterproto2_grpclib.ServiceBase):
