@@ -875,7 +875,6 @@ class Bench:
         expected = self.figures["pids"]
         self.d.drain_notify()
         old = self.d.procs[-1]
-        old_containerd = self.d.containerd_pid()
         began = time.perf_counter()
         old.kill()
         old.wait(30)
