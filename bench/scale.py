@@ -1128,7 +1128,7 @@ class Bench:
             kills = f["daemon_kills"]
             rows = report.section(
                 f"4. daemon SIGKILL -> next daemon READY=1 ({len(kills)} kills; its managed "
-                "containerd dies with it and is started again)"
+                "containerd serves on and the next daemon adopts it)"
             )
             ready = [k["ready"] for k in kills]
             rows.append(Row(
