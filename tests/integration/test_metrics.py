@@ -10,9 +10,9 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor import Client
+from supervisor import Client, NotFound
 
-from .daemon_harness import DaemonDirs, dirs, pid_of, until
+from .daemon_harness import DaemonDirs, dirs, until
 
 __all__ = ("dirs",)
 
@@ -57,11 +57,16 @@ async def test_scrape_shows_containers_and_the_daemon(dirs: DaemonDirs) -> None:
     await dirs.message("READY=1")
     async with Client(dirs.address, dirs.namespace) as client:
 
-        async def flaky_done() -> bool:
-            info = await client.load_container("flaky")
-            return info.info.labels.get("io.containerd-supervisor/restart-count") == "2" and (
-                await pid_of(client, "flaky") is None
-            )
+        async def flaky_done() -> bool:  # its last exit recorded, no start due, no task
+            labels = (await client.load_container("flaky")).info.labels
+            prefix = "io.containerd-supervisor/"
+            if labels.get(prefix + "restart-count") != "2" or prefix + "next-start" in labels:
+                return False
+            try:
+                await client.process_state("flaky")
+            except NotFound:
+                return True
+            return False
 
         await until(flaky_done)
     assert dirs.cli("ps").code == 0
