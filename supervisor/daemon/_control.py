@@ -30,6 +30,7 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 
 from .. import __version__
+from .._messages import new as new_message
 from .._proto.supervisor import v1 as pb
 from ..client import FifoIO, Mount, ProcessState, TaskStatus, validate_id
 from ..client._spec import parse_user
@@ -167,13 +168,18 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
     def _info_of(
         self, cid: str, labels: Mapping[str, str], task: ProcessState | None
     ) -> pb.ContainerInfo:
+        return pb.ContainerInfo(**self._info_fields(cid, labels, task))
+
+    def _info_fields(
+        self, cid: str, labels: Mapping[str, str], task: ProcessState | None
+    ) -> dict[str, Any]:
         state = lenient_state(labels)
         status, pid = "stopped", 0
         if task is not None:
             pid = task.pid if task.status is not TaskStatus.STOPPED else 0
             status = {TaskStatus.STOPPED: "exited"}.get(task.status, task.status.value)
         exit_code = labels.get(EXIT_CODE)
-        return pb.ContainerInfo(
+        return dict(
             id=cid,
             status=status,
             pid=pid,
@@ -209,7 +215,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             namespace=self.daemon.config.namespace,
         )
 
-    async def list(self, message: pb.ListRequest) -> pb.ListResponse:
+    async def list(self, message: pb.ListRequest) -> Encoded:
         # Two calls whatever the number of containers: one list of each.
         client, known = self.daemon.client, self.daemon.definitions
         with _status():
@@ -218,10 +224,11 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         infos = []
         for container in sorted(containers, key=lambda c: c.id):
             if container.id in known:
-                info = self._info_of(container.id, container.labels, tasks.get(container.id))
-                if message.all or info.status in ("running", "paused", "created"):
-                    infos.append(info)
-        return pb.ListResponse(containers=infos)
+                fields = self._info_fields(container.id, container.labels, tasks.get(container.id))
+                if message.all or fields["status"] in ("running", "paused", "created"):
+                    infos.append(new_message("ContainerInfo", **fields))
+        # Encoded by the CLI's codec: betterproto2 took ~0.2 ms a container here.
+        return Encoded(bytes(new_message("ListResponse", containers=infos)))
 
     async def inspect(self, message: pb.ContainerRef) -> pb.ContainerInfo:
         with _status():
@@ -672,10 +679,26 @@ _SCALARS: dict[str, type] = {"string": str, "bytes": bytes, "bool": bool}
 _SCALARS |= {"double": float, "float": float}
 
 
+class Encoded:
+    """A reply already in wire form, sent as it is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 class StrictCodec(ProtoCodec):
     """Protobuf, refusing requests the handlers cannot trust: betterproto
     decodes a field sent with another wire type as whatever it got (an int
-    for a string, None, a list), and fails on bad UTF-8 with a UnicodeDecodeError."""
+    for a string, None, a list), and fails on bad UTF-8 with a UnicodeDecodeError.
+    A reply may come already encoded (:class:`Encoded`)."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded):
+            return message.data
+        data: bytes = super().encode(message, message_type)
+        return data
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         what = getattr(message_type, "__name__", "request")
