@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..errors import ContainerdError
+from . import _wire
 from ._types import ContainerInfo, ExitStatus, ProcessState, RuncOptions, Stats, TaskStatus
 
 log = logging.getLogger("supervisor.client")
@@ -210,8 +211,6 @@ def _container(buf: bytes) -> ContainerInfo:
 def _runc_options(options: tuple[str, bytes] | None) -> RuncOptions | None:
     if options is None:
         return None
-    from . import _wire  # the generated decoder, for what is rarely there
-
     return _wire.runc_options_from(_AnyLike(*options))
 
 
@@ -279,8 +278,6 @@ def decode_tasks(data: bytes) -> list[ProcessState]:
 
 # -- Tasks.Metrics: the cgroup figures of every task, read at each scrape and `stats` --
 
-_UNLIMITED = 1 << 62  # what the kernel reports for "max", roughly (as _wire)
-
 
 def _message(value: int | bytes) -> dict[int, int | bytes]:
     """One level, last value of each field wins (what proto3 says of scalars)."""
@@ -294,10 +291,6 @@ def _u(message: dict[int, int | bytes], number: int) -> int:
 def _sub(message: dict[int, int | bytes], number: int) -> dict[int, int | bytes]:
     value = message.get(number)
     return {} if value is None else _message(value)
-
-
-def _cap(value: int) -> int | None:
-    return None if value == 0 or value >= _UNLIMITED else value
 
 
 def _packed(message_bytes: bytes, number: int) -> tuple[int, ...]:
@@ -334,14 +327,14 @@ def _stats_v1(data: bytes, when: datetime | None) -> Stats:
         cpu_throttled_periods=_u(throttle, 2),
         cpu_throttled_ns=_u(throttle, 3),
         memory_usage=used,
-        memory_limit=_cap(_u(mem_usage, 1)),
+        memory_limit=_wire.limit(_u(mem_usage, 1)),
         memory_max_usage=_u(mem_usage, 3) or None,
         memory_cache=_u(mem, 1),
         memory_rss=_u(mem, 2),
         memory_swap_usage=max(swapped - used, 0) if swapped else 0,
         oom_kills=_u(oom, 3),
         pids_current=_u(pids, 1),
-        pids_limit=_cap(_u(pids, 2)),
+        pids_limit=_wire.limit(_u(pids, 2)),
         timestamp=when,
         per_cpu_ns=_packed(_bytes(usage_bytes), 4) if usage_bytes else (),
     )
@@ -358,14 +351,14 @@ def _stats_v2(data: bytes, when: datetime | None) -> Stats:
         cpu_throttled_periods=_u(cpu, 5),
         cpu_throttled_ns=_u(cpu, 6) * 1000,
         memory_usage=_u(mem, 32),
-        memory_limit=_cap(_u(mem, 33)),
+        memory_limit=_wire.limit(_u(mem, 33)),
         memory_max_usage=None,
         memory_cache=_u(mem, 2),
         memory_rss=_u(mem, 1),
         memory_swap_usage=_u(mem, 34),
         oom_kills=_u(events, 5),
         pids_current=_u(pids, 1),
-        pids_limit=_cap(_u(pids, 2)),
+        pids_limit=_wire.limit(_u(pids, 2)),
         timestamp=when,
     )
 

@@ -154,7 +154,7 @@ def linux_resources(resources: Resources) -> dict[str, AnyValue]:
     return out
 
 
-def _limit(value: int) -> int | None:
+def limit(value: int) -> int | None:
     return None if value == 0 or value >= _UNLIMITED else value
 
 
@@ -187,7 +187,7 @@ def _stats_v1(m: cg1_pb.Metrics, when: datetime | None) -> Stats:
         cpu_throttled_periods=throttle.throttled_periods,
         cpu_throttled_ns=throttle.throttled_time,
         memory_usage=mem_usage.usage,
-        memory_limit=_limit(mem_usage.limit),
+        memory_limit=limit(mem_usage.limit),
         memory_max_usage=mem_usage.max or None,
         memory_cache=mem.cache,
         memory_rss=mem.rss,
@@ -195,7 +195,7 @@ def _stats_v1(m: cg1_pb.Metrics, when: datetime | None) -> Stats:
         memory_swap_usage=max(swap.usage - mem_usage.usage, 0) if swap.usage else 0,
         oom_kills=oom.oom_kill,
         pids_current=pids.current,
-        pids_limit=_limit(pids.limit),
+        pids_limit=limit(pids.limit),
         timestamp=timestamp(when),
         per_cpu_ns=tuple(usage.per_cpu),
     )
@@ -214,13 +214,13 @@ def _stats_v2(m: cg2_pb.Metrics, when: datetime | None) -> Stats:
         cpu_throttled_periods=cpu.nr_throttled,
         cpu_throttled_ns=cpu.throttled_usec * 1000,
         memory_usage=mem.usage,
-        memory_limit=_limit(mem.usage_limit),
+        memory_limit=limit(mem.usage_limit),
         memory_max_usage=None,
         memory_cache=mem.file,
         memory_rss=mem.anon,
         memory_swap_usage=mem.swap_usage,
         oom_kills=events.oom_kill,
         pids_current=pids.current,
-        pids_limit=_limit(pids.limit),
+        pids_limit=limit(pids.limit),
         timestamp=timestamp(when),
     )
