@@ -207,6 +207,8 @@ def run_request(args: argparse.Namespace) -> Message:
         labels=_pairs(args.label, "label"),
         terminal=args.tty,
         stdin=args.interactive,
+        network=args.network,
+        ports=args.publish,
     )
     request = new("RunRequest", definition=definition, attach=not args.detach, remove=args.rm)
     return new("RunInput", request=request)
@@ -230,7 +232,20 @@ def _info_dict(info: Message) -> dict[str, Any]:
         "oom_kills": info.oom_kills,
         "log_path": info.log_path,
         "problem": info.problem or None,
+        "network": info.network or None,
+        "address": info.address or None,
+        "ports": list(info.ports),
     }
+
+
+def _ports_text(ports: Sequence[str]) -> str:
+    """Published ports as docker prints them: 127.0.0.1:8080->80/tcp."""
+    out = []
+    for port in ports:
+        body, _, protocol = port.partition("/")
+        host, _, container = body.rpartition(":")
+        out.append(f"{host if ':' in host else '0.0.0.0:' + host}->{container}/{protocol}")
+    return ", ".join(out)
 
 
 # -- the verbs ------------------------------------------------------------------------------
@@ -252,7 +267,7 @@ def _ps(channel: Channel, args: argparse.Namespace) -> int:
 
         print(json.dumps([_info_dict(c) for c in reply.containers], indent=2))
         return 0
-    rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "COMMAND")]
+    rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "COMMAND")]
     for c in reply.containers:
         status = (
             f"exited ({c.exit_code})"
@@ -262,6 +277,7 @@ def _ps(channel: Channel, args: argparse.Namespace) -> int:
         if c.problem:
             status += " (!)"
         rows.append((c.id, status, str(c.pid or "-"), c.restart, str(c.restart_count),
+                     c.address or "-", _ports_text(c.ports) or "-",
                      " ".join(c.command)[:40]))  # fmt: skip
     _print_table(rows)
     for c in reply.containers:
@@ -385,12 +401,13 @@ def _stats(channel: Channel, args: argparse.Namespace) -> int:
                          indent=2))  # fmt: skip
     else:
         host = _host_memory()
-        table = [("ID", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS")]
+        table = [("ID", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "PIDS")]
         for r, cpu in rows:
             limit = r.memory_limit or host
             share = f"{r.memory_usage / limit * 100:.2f}%" if limit else "-"
+            net = f"{_human(r.net_rx_bytes)} / {_human(r.net_tx_bytes)}" if r.has_network else "-"
             table.append((r.id, f"{cpu:.2f}%", f"{_human(r.memory_usage)} / {_human(limit)}",
-                          share, str(r.pids_current)))  # fmt: skip
+                          share, net, str(r.pids_current)))  # fmt: skip
         _print_table(table)
     return CLI_ERROR if failed else 0
 
@@ -417,6 +434,8 @@ def _stats_dict(r: Message) -> dict[str, Any]:
         "pids_current": r.pids_current,
         "pids_limit": r.pids_limit or None,
         "oom_kills": r.oom_kills,
+        "net_rx_bytes": r.net_rx_bytes if r.has_network else None,
+        "net_tx_bytes": r.net_tx_bytes if r.has_network else None,
     }
 
 
@@ -497,7 +516,52 @@ def _version(channel: Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def _network_dict(info: Message) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "subnet": info.subnet,
+        "gateway": info.gateway,
+        "bridge": info.bridge,
+        "created": _iso(info.created_unix_nanos),
+        "containers": {m.id: m.address for m in info.containers},
+    }
+
+
+def _network(channel: Channel, args: argparse.Namespace) -> int:
+    verb = args.network_command
+    if verb == "create":
+        request = new("NetworkCreateRequest", name=args.name, subnet=args.subnet)
+        print(_unary(channel, "NetworkCreate", request, "NetworkInfo").name)
+        return 0
+    if verb == "ls":
+        reply = _unary(channel, "NetworkList", new("NetworkListRequest"), "NetworkListResponse")
+        rows = [("NAME", "SUBNET", "BRIDGE", "CONTAINERS")]
+        rows += [(n.name, n.subnet, n.bridge, str(len(n.containers))) for n in reply.networks]
+        _print_table(rows)
+        return 0
+    method, reply_type = ("NetworkInspect", "NetworkInfo") if verb == "inspect" else (
+        "NetworkRemove", "NetworkRemoveResponse")  # fmt: skip
+    infos, failed = [], False
+    for name in args.names:
+        try:
+            reply = _unary(channel, method, new("NetworkRef", name=name), reply_type)
+        except _Failed as exc:
+            print(one_line(f"supervisor network {verb}: {exc.error}"), file=sys.stderr)
+            failed = True
+            continue
+        if verb == "inspect":
+            infos.append(_network_dict(reply))
+        else:
+            print(name)
+    if verb == "inspect":
+        import json
+
+        print(json.dumps(infos, indent=2))
+    return CLI_ERROR if failed else 0
+
+
 VERBS: dict[str, Callable[[Channel, argparse.Namespace], int]] = {
+    "network": _network,
     "run": _run,
     "ps": _ps,
     "inspect": _inspect,

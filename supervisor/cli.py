@@ -112,6 +112,21 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-signal", default="SIGTERM")
     p.add_argument("--stop-timeout", type=float, default=10.0)
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--network",
+        "--net",
+        default="",
+        metavar="NET",
+        help="bridge (the default), none, host, container:ID or a network's name",
+    )
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HOST:CONTAINER[/PROTO]",
+        help="publish a port on the host",
+    )
     p.add_argument("--sig-proxy", default=True, action=argparse.BooleanOptionalAction,
                    help="pass signals (Ctrl-C) to the container when attached")  # fmt: skip
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
@@ -174,6 +189,19 @@ def _apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("directory")
 
 
+def _network_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="network_command", required=True, metavar="COMMAND",
+                           parser_class=_Parser, prog="supervisor network")  # fmt: skip
+    create = sub.add_parser("create", help="create a bridge network")
+    create.add_argument("--subnet", default="", help="an IPv4 subnet (default: a free /24)")
+    create.add_argument("name")
+    sub.add_parser("ls", help="list networks")
+    inspect = sub.add_parser("inspect", help="show networks as JSON")
+    inspect.add_argument("names", nargs="+", metavar="NAME")
+    rm = sub.add_parser("rm", help="remove networks (no container may be on them)")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+
+
 def _daemon_arguments(p: argparse.ArgumentParser) -> None:
     from pathlib import Path
 
@@ -234,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd("apply", "create or replace the containers of a definitions directory", _apply_arguments)
     cmd("reload", "apply the daemon's definitions directory again (as SIGHUP does)",
         _no_arguments)  # fmt: skip
+    cmd("network", "create, list, inspect and remove networks", _network_arguments,
+        "Bridge networks: containers on one reach each other (by name on a network you "
+        "create), the outside through NAT, and not the containers of another network.")  # fmt: skip
     cmd("version", "versions of this client, the daemon and containerd", _no_arguments)
     cmd("daemon", "run the supervisor service", _daemon_arguments, "Run the containers defined "
         "in the definitions directory under their restart policies, with a managed containerd "

@@ -338,9 +338,7 @@ def mangled(text: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
         return edits[how](data)
 
     return st.one_of(
-        st.builds(
-            mangle, text, st.floats(0, 1), st.integers(0, 3), st.integers(0, 255)
-        ),
+        st.builds(mangle, text, st.floats(0, 1), st.integers(0, 3), st.integers(0, 255)),
         st.binary(max_size=200),
         st.text(max_size=200).map(str.encode),
     )

@@ -33,6 +33,9 @@ MESSAGES = {
         ('problem', 17, 'string', False, ''),
         ('started_at_unix_nanos', 18, 'int64', False, ''),
         ('finished_at_unix_nanos', 19, 'int64', False, ''),
+        ('network', 20, 'string', False, ''),
+        ('address', 21, 'string', False, ''),
+        ('ports', 22, 'string', True, ''),
     ),
     'ContainerRef': (
         ('id', 1, 'string', False, ''),
@@ -54,6 +57,8 @@ MESSAGES = {
         ('terminal', 14, 'bool', False, ''),
         ('stdin', 15, 'bool', False, ''),
         ('mounts', 16, 'message:Mount', True, ''),
+        ('network', 17, 'string', False, ''),
+        ('ports', 18, 'string', True, ''),
     ),
     'Event': (
         ('container_id', 2, 'string', False, ''),
@@ -116,6 +121,32 @@ MESSAGES = {
         ('destination', 2, 'string', False, ''),
         ('readonly', 3, 'bool', False, ''),
     ),
+    'NetworkCreateRequest': (
+        ('name', 1, 'string', False, ''),
+        ('subnet', 2, 'string', False, ''),
+    ),
+    'NetworkInfo': (
+        ('name', 1, 'string', False, ''),
+        ('subnet', 2, 'string', False, ''),
+        ('gateway', 3, 'string', False, ''),
+        ('bridge', 4, 'string', False, ''),
+        ('containers', 5, 'message:NetworkMember', True, ''),
+        ('created_unix_nanos', 6, 'int64', False, ''),
+    ),
+    'NetworkListRequest': (
+    ),
+    'NetworkListResponse': (
+        ('networks', 1, 'message:NetworkInfo', True, ''),
+    ),
+    'NetworkMember': (
+        ('id', 1, 'string', False, ''),
+        ('address', 2, 'string', False, ''),
+    ),
+    'NetworkRef': (
+        ('name', 1, 'string', False, ''),
+    ),
+    'NetworkRemoveResponse': (
+    ),
     'ReloadRequest': (
     ),
     'RemoveRequest': (
@@ -161,6 +192,9 @@ MESSAGES = {
         ('pids_limit', 6, 'uint64', False, ''),
         ('oom_kills', 7, 'uint32', False, ''),
         ('read_at_unix_nanos', 9, 'int64', False, ''),
+        ('net_rx_bytes', 10, 'uint64', False, ''),
+        ('net_tx_bytes', 11, 'uint64', False, ''),
+        ('has_network', 12, 'bool', False, ''),
     ),
     'StopRequest': (
         ('id', 1, 'string', False, ''),

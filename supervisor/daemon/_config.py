@@ -23,6 +23,12 @@
 
     [metrics]
     address = "127.0.0.1:9323"          # or "unix:/run/...sock"; absent: no metrics
+
+    [network]
+    default = "bridge"                  # a new container's network: bridge, none or host
+    subnet = "10.213.0.0/16"            # the default network's (bridge supervisor0)
+    pool = "10.214.0.0/16"              # where user-defined networks get a /24
+    cni_path = ["/usr/lib/cni", "/opt/cni/bin"]
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from typing import Any, NoReturn, TypeVar
 from .._units import parse_size
 from ..client import validate_id
 from ..errors import InvalidArgument, SupervisorError, one_line
+from ..net._cni import DEFAULT_PLUGIN_DIRS
+from ..net._manager import Mode
+from ..net._networks import DEFAULT_POOL, DEFAULT_SUBNET, parse_subnet
 
 __all__ = (
     "LOG_LEVELS",
@@ -85,6 +94,11 @@ class DaemonConfig:
     containerd_binary: str = "containerd"
     #: Where Prometheus scrapes ``/metrics``: (host, port), or a unix socket path.
     metrics_address: tuple[str, int] | Path | None = None
+    #: A new container's network when it names none.
+    default_network: str = "bridge"
+    network_subnet: str = DEFAULT_SUBNET
+    network_pool: str = DEFAULT_POOL
+    cni_path: tuple[Path, ...] = DEFAULT_PLUGIN_DIRS
 
     @property
     def fifo_dir(self) -> Path:
@@ -110,6 +124,7 @@ def load_config(path: Path | None) -> DaemonConfig:
         control = top.table("control", known=("socket", "group"))
         logs = top.table("logs", known=("max_size", "max_files"))
         metrics = top.table("metrics", known=("address",))
+        network = top.table("network", known=("default", "subnet", "pool", "cni_path"))
         default = DaemonConfig()
         return DaemonConfig(
             containerd_address=_address(containerd),
@@ -127,6 +142,10 @@ def load_config(path: Path | None) -> DaemonConfig:
             ),
             containerd_binary=_binary(containerd, default.containerd_binary),
             metrics_address=_metrics_address(metrics),
+            default_network=_default_network(network, default.default_network),
+            network_subnet=_subnet(network, "subnet", default.network_subnet),
+            network_pool=_subnet(network, "pool", default.network_pool),
+            cni_path=_cni_path(network, default.cni_path),
         )
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.message) from None
@@ -145,7 +164,37 @@ _TOP_KEYS = (
     "control",
     "logs",
     "metrics",
+    "network",
 )
+
+
+def _default_network(network: _Table, default: str) -> str:
+    value = network.string("default", default)
+    try:
+        Mode.parse(value)
+    except InvalidArgument as exc:
+        network.fail("default", str(exc))
+    if value.startswith("container:"):
+        network.fail("default", "must be bridge, none, host or a network's name")
+    return value
+
+
+def _subnet(network: _Table, key: str, default: str) -> str:
+    value = network.string(key, default)
+    try:
+        parse_subnet(value)
+    except InvalidArgument as exc:
+        network.fail(key, str(exc))
+    return value
+
+
+def _cni_path(network: _Table, default: tuple[Path, ...]) -> tuple[Path, ...]:
+    dirs = network.strings("cni_path")
+    if dirs is None:
+        return default
+    if not dirs or not all(d.startswith("/") for d in dirs):
+        network.fail("cni_path", "must be a non-empty array of absolute paths")
+    return tuple(Path(d) for d in dirs)
 
 
 def _metrics_address(metrics: _Table) -> tuple[str, int] | Path | None:

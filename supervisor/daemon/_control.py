@@ -17,7 +17,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,8 @@ from ..errors import (
     one_line,
     to_grpc,
 )
+from ..net import DEFAULT_NETWORK, Mode, parse_port
+from ..net._ports import check_ports
 from ._definitions import (
     ENV_NAME_RULE,
     MAX_CPUS,
@@ -58,6 +60,7 @@ from ._labels import (
     LOG_PATH,
     MANAGED,
     MANAGED_FILTER,
+    NETWORK,
     POLICY,
     PREFIX,
     ROOTFS,
@@ -197,7 +200,18 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             oom_kills=state.oom_kills,
             log_path=labels.get(LOG_PATH, ""),
             problem=self.daemon.problems.get(cid, ""),
+            **self._network_fields(cid, labels),
         )
+
+    def _network_fields(self, cid: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        attachment = self.daemon.attachment(cid)
+        if attachment is None:
+            return {"network": labels.get(NETWORK, "")}
+        return {
+            "network": str(attachment.mode),
+            "address": attachment.address,
+            "ports": [str(p) for p in attachment.ports],
+        }
 
     def _managed(self, cid: str) -> None:
         if cid not in self.daemon.definitions:
@@ -315,7 +329,30 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 pids_current=stats.pids_current, pids_limit=stats.pids_limit or 0,
                 oom_kills=lenient_state(container.labels).oom_kills,
             ))  # fmt: skip
+        await self._add_network_stats(replies)
         return pb.StatsList(stats=replies, not_running=missing)
+
+    async def _add_network_stats(self, replies: Sequence[pb.StatsResponse]) -> None:
+        async def read(reply: pb.StatsResponse) -> None:
+            try:
+                counters = await self.daemon.net.link_stats(reply.id)
+            except (OSError, TimeoutError, SupervisorError) as exc:
+                log.debug("no network counters for %s: %s", reply.id, exc)
+                return
+            if counters is not None:
+                reply.net_rx_bytes, reply.net_tx_bytes = counters
+                reply.has_network = True
+
+        limit = anyio.Semaphore(16)
+
+        async def bounded(reply: pb.StatsResponse) -> None:
+            async with limit:
+                await read(reply)
+
+        async with anyio.create_task_group() as tg:
+            for reply in replies:
+                if self.daemon.attachment(reply.id) is not None:
+                    tg.start_soon(bounded, reply)
 
     async def stats(self, message: pb.ContainerRef) -> pb.StatsResponse:
         with _status():
@@ -324,7 +361,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             stats = await (await container.task()).metrics()
             read_at = _unix_nanos(datetime.now(UTC))
             state = lenient_state(container.info.labels)
-        return pb.StatsResponse(
+        reply = pb.StatsResponse(
             read_at_unix_nanos=read_at,
             id=message.id,
             cpu_total_ns=stats.cpu_total_ns,
@@ -334,6 +371,45 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             pids_limit=stats.pids_limit or 0,
             oom_kills=state.oom_kills,
         )
+        await self._add_network_stats([reply])
+        return reply
+
+    # -- networks ------------------------------------------------------------------
+
+    def _network_info(self, name: str) -> pb.NetworkInfo:
+        net = self.daemon.net
+        network = net.network(name)
+        members = sorted(net.members(name), key=lambda a: a.container_id)
+        return pb.NetworkInfo(
+            name=network.name,
+            subnet=str(network.subnet),
+            gateway=str(network.gateway),
+            bridge=network.bridge,
+            containers=[pb.NetworkMember(id=a.container_id, address=a.address) for a in members],
+            created_unix_nanos=int(network.created * 1e9),
+        )
+
+    async def network_create(self, message: pb.NetworkCreateRequest) -> pb.NetworkInfo:
+        with _status():
+            async with self.daemon.network_lock:
+                network = self.daemon.net.create_network(message.name, message.subnet or None)
+            return self._network_info(network.name)
+
+    async def network_list(self, message: pb.NetworkListRequest) -> pb.NetworkListResponse:
+        names = sorted(self.daemon.net.networks)
+        return pb.NetworkListResponse(networks=[self._network_info(n) for n in names])
+
+    async def network_inspect(self, message: pb.NetworkRef) -> pb.NetworkInfo:
+        with _status():
+            return self._network_info(message.name)
+
+    async def network_remove(self, message: pb.NetworkRef) -> pb.NetworkRemoveResponse:
+        with _status():
+            if message.name == DEFAULT_NETWORK:
+                raise FailedPrecondition(f"the default network {DEFAULT_NETWORK} cannot be removed")
+            async with self.daemon.network_lock:
+                await self.daemon.net.remove_network(message.name)
+        return pb.NetworkRemoveResponse()
 
     async def apply(self, message: pb.ApplyRequest) -> pb.ApplyResponse:
         directory = Path(message.directory)
@@ -646,6 +722,8 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
         raise InvalidArgument(f"stop timeout must be a positive number, not {d.stop_timeout}")
     if d.cpus and not MIN_CPUS <= d.cpus <= MAX_CPUS:
         raise InvalidArgument(f"cpus must be from {MIN_CPUS:g} to {MAX_CPUS:g}, not {d.cpus}")
+    if d.network:
+        Mode.parse(d.network)
     if d.pids > MAX_PIDS:
         raise InvalidArgument(f"pids must be at most {MAX_PIDS} (the kernel's limit), not {d.pids}")
     return ContainerDefinition(
@@ -667,6 +745,8 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
         ),
         labels=dict(d.labels),
         terminal=d.terminal,
+        network=d.network or None,
+        ports=check_ports(parse_port(p) for p in d.ports),
         source=Path("<api>"),
     )
 

@@ -136,6 +136,7 @@ class Daemon(Keeper):
                 self._stopping = True
                 for journal in self._logs.values():
                     journal.close()
+                self.net.close()
                 if self.managed is not None:
                     with anyio.CancelScope(shield=True):
                         await self.managed.stop()
@@ -145,6 +146,7 @@ class Daemon(Keeper):
         config = self.config
         prepare_socket_dir(config.control_socket)  # refused before anything is started
         config.log_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        await anyio.to_thread.run_sync(self.net.open)
         started = time.monotonic()
         self.notifier.status("starting containerd" if config.managed else "connecting")
         address = config.containerd_address
@@ -272,6 +274,10 @@ class Daemon(Keeper):
         with anyio.fail_after(OPERATION_TIMEOUT):
             existing = await self.client.list_containers(MANAGED_FILTER)
         await self._sweep_fifo_dirs()
+        if self.net.attachments or self.net.has_leftovers():
+            with anyio.fail_after(OPERATION_TIMEOUT * 2):
+                everything = await self.client.list_containers()
+                await self.net.sweep(c.id for c in everything)
         for info in existing:
             if info.id not in wanted and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
@@ -451,9 +457,13 @@ class Daemon(Keeper):
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
-                spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
                 async with self._lock(definition.id):
-                    await self.client.create_container(definition.id, spec, labels=labels)
+                    spec = await self.prepare(definition)
+                    try:
+                        await self.client.create_container(definition.id, spec, labels=labels)
+                    except BaseException:
+                        await self.release_network(definition.id)
+                        raise
                     self.definitions[definition.id] = definition
         except (Unavailable, TimeoutError, AlreadyExists) as exc:
             log.warning("cannot create %s yet (%s); retrying", definition.id, exc)

@@ -14,6 +14,9 @@
     cpus = 1.5                          # 0.01 to 8192
     pids = 200                          # at most 4194304
     terminal = false
+    network = "bridge"                  # none, host, container:<id>, a network's name;
+                                        # absent: the daemon's default (bridge)
+    ports = ["8080:80", "127.0.0.1:5353:53/udp"]   # [IP:]HOST:CONTAINER[/tcp|udp]
 
     [env]
     LANG = "C.UTF-8"
@@ -40,6 +43,8 @@ from typing import Any
 
 from ..client import Mount, oci_spec, validate_id
 from ..errors import InvalidArgument, SupervisorError
+from ..net import Mode, PortMapping, parse_port
+from ..net._ports import check_ports
 from ._config import _Invalid, _located, _read_toml, _Table, _Unreadable
 from ._policy import RestartPolicy
 
@@ -71,6 +76,8 @@ _KEYS = (
     "mounts",
     "labels",
     "terminal",
+    "network",
+    "ports",
 )
 _MOUNT_KEYS = ("source", "destination", "type", "options", "readonly")
 
@@ -119,6 +126,9 @@ class ContainerDefinition:
     mounts: tuple[Mount, ...] = ()
     labels: Mapping[str, str] = field(default_factory=_frozen, hash=False)
     terminal: bool = False
+    #: None: the daemon's default network when the container is made.
+    network: str | None = None
+    ports: tuple[PortMapping, ...] = ()
     source: Path
 
     def spec(self) -> dict[str, Any]:
@@ -163,6 +173,8 @@ class ContainerDefinition:
 def _plain(value: Any) -> Any:
     if isinstance(value, Mount):
         return value.to_oci()
+    if isinstance(value, PortMapping):
+        return str(value)
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     if isinstance(value, Mapping):
@@ -251,8 +263,28 @@ def _parse(data: dict[str, Any], path: Path) -> ContainerDefinition:
         mounts=tuple(_mount(mount) for mount in table.tables("mounts", _MOUNT_KEYS)),
         labels=_frozen(table.string_map("labels")),
         terminal=table.boolean("terminal", False),
+        network=_network(table),
+        ports=_ports(table),
         source=path,
     )
+
+
+def _network(table: _Table) -> str | None:
+    value = table.string("network", None)
+    if value is not None:
+        try:
+            Mode.parse(value)
+        except InvalidArgument as exc:
+            table.fail("network", str(exc))
+    return value
+
+
+def _ports(table: _Table) -> tuple[PortMapping, ...]:
+    specs = table.strings("ports") or []
+    try:
+        return check_ports(parse_port(spec) for spec in specs)
+    except InvalidArgument as exc:
+        table.fail("ports", str(exc))
 
 
 def _id(table: _Table, path: Path) -> str:

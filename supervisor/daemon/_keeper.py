@@ -43,6 +43,7 @@ from ..errors import (
     Unavailable,
 )
 from ..events import PipelineStats
+from ..net import Attachment, Mode, NetworkManager
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
 from ._labels import (
@@ -54,8 +55,10 @@ from ._labels import (
     HASH,
     LOG_PATH,
     MANAGED,
+    NETWORK,
     NEXT_START,
     POLICY,
+    PORTS,
     REMOVE_ON_EXIT,
     ROOTFS,
     SOURCE,
@@ -119,6 +122,14 @@ class Keeper:
         self.start_errors: dict[str, str] = {}
         self._doomed: set[str] = set()  # a failed `run` whose removal is still due
         self.scheduler = SyncScheduler(self.sync)
+        self.net = NetworkManager(
+            config.state_dir / "net",
+            default_subnet=config.network_subnet,
+            pool=config.network_pool,
+            plugin_dirs=config.cni_path,
+        )
+        #: Held while networks are made or removed (not while containers join them).
+        self.network_lock = anyio.Lock()
         self._stopping = False
         self._sup: Supervisor | None = None
         self._tg: TaskGroup | None = None
@@ -143,8 +154,41 @@ class Keeper:
             STOP_SIGNAL: str(int(definition.stop_signal)),
             STOP_TIMEOUT: str(definition.stop_timeout),
             LOG_PATH: str(self.config.log_dir / f"{definition.id}.log"),
+            NETWORK: str(self.network_mode(definition)),
+            PORTS: json.dumps([str(p) for p in definition.ports]),
             **RestartState().to_labels(),
         }
+
+    def network_mode(self, definition: ContainerDefinition) -> Mode:
+        return Mode.parse(definition.network or self.config.default_network)
+
+    async def prepare(self, definition: ContainerDefinition) -> dict[str, Any]:
+        """A new container's spec, its network checked and recorded (its ports
+        are then taken). Undo with :meth:`release_network` if it is not made."""
+        cid = definition.id
+        if cid in self.net.attachments:
+            # Left by a create that did not finish (the container is not
+            # there: callers create only what does not exist).
+            with contextlib.suppress(NotFound):
+                await self.client.load_container(cid)
+                raise AlreadyExists(f"container {cid} already exists")
+            await self.net.release(cid)
+        spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
+        attachment = self.net.reserve(cid, self.network_mode(definition), definition.ports)
+        self.net.configure_spec(spec, attachment)
+        return spec
+
+    async def release_network(self, cid: str) -> None:
+        """Release a container's network once the container is gone; a
+        failure is logged (the sweep at the next start tries again)."""
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(OPERATION_TIMEOUT):
+                await self.net.release(cid)
+        except (SupervisorError, OSError, TimeoutError) as exc:
+            log.error("cannot release the network of %s: %s", cid, exc)
+
+    def attachment(self, cid: str) -> Attachment | None:
+        return self.net.attachments.get(cid)
 
     def _lock(self, cid: str) -> anyio.Lock:
         lock = self._locks.get(cid)
@@ -193,6 +237,7 @@ class Keeper:
                 container = await self.client.load_container(cid)
             except NotFound:
                 self.forget(cid)
+                await self.release_network(cid)
                 return None
             await self._record_ooms(container)
             try:
@@ -223,6 +268,7 @@ class Keeper:
                 await container.delete()
                 _remove_empty_cgroups(container.info.spec)
                 self.forget(cid)
+                await self.release_network(cid)
                 return None
             else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
                 await container.update_labels(step.labels, remove=step.remove)
@@ -330,6 +376,8 @@ class Keeper:
         cid = container.id
         definition = self.definitions.get(cid)
         terminal = definition.terminal if definition else False
+        with anyio.fail_after(OPERATION_TIMEOUT):
+            await self.net.ensure(cid)
         io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
         task = await container.new_task(io)
         old = self._tasks.get(cid)
@@ -437,9 +485,13 @@ class Keeper:
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
         with anyio.fail_after(OPERATION_TIMEOUT):
-            spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
             async with self._lock(cid):
-                container = await self.client.create_container(cid, spec, labels=labels)
+                spec = await self.prepare(definition)
+                try:
+                    container = await self.client.create_container(cid, spec, labels=labels)
+                except BaseException:
+                    await self.release_network(cid)
+                    raise
                 self.definitions[cid] = definition
                 try:
                     task = await self._start_task(container, stdin=stdin)
@@ -465,6 +517,7 @@ class Keeper:
             except (SupervisorError, TimeoutError):
                 return False
             self.forget(container.id)
+            await self.release_network(container.id)
             return True
         return False
 
@@ -561,6 +614,7 @@ class Keeper:
             container = await self.client.load_container(cid)
         except NotFound:
             self.forget(cid)
+            await self.release_network(cid)
             return
         labels = container.info.labels
         if manual:
@@ -594,12 +648,14 @@ class Keeper:
                 container = await self.client.load_container(cid)
             except NotFound:
                 self.forget(cid)
+                await self.release_network(cid)
                 return
             with contextlib.suppress(NotFound):
                 await (await container.task()).force_delete()  # a start raced us
             await container.delete()
             _remove_empty_cgroups(container.info.spec)
             self.forget(cid)
+            await self.release_network(cid)
 
 
 def fingerprint(state: ProcessState | None) -> tuple[str, int] | None:

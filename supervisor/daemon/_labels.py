@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..client import ContainerInfo
+from ..net import parse_port
 from ._definitions import ContainerDefinition
 from ._policy import RestartPolicy
 
@@ -34,6 +35,9 @@ DEFINITION_FILE = PREFIX + "definition-file"
 COMMAND = PREFIX + "command"
 ROOTFS = PREFIX + "rootfs"
 REMOVE_ON_EXIT = PREFIX + "remove-on-exit"
+#: The network a container was made on (see supervisor.net.Mode) and its published ports.
+NETWORK = PREFIX + "network"
+PORTS = PREFIX + "ports"
 MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 
@@ -67,5 +71,7 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
         stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),
         stop_timeout=float(labels.get(STOP_TIMEOUT, 10.0)),
         terminal=bool(spec.get("process", {}).get("terminal", False)),
+        network=labels.get(NETWORK) or None,
+        ports=tuple(parse_port(p) for p in json.loads(labels.get(PORTS) or "[]")),
         source=Path("<api>"),
     )

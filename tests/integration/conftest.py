@@ -135,7 +135,5 @@ def own_containerd(tmp_path: Path) -> Iterator[ContainerdProcess]:
 async def own_client(
     own_containerd: ContainerdProcess, namespace: str, tmp_path: Path
 ) -> AsyncIterator[Client]:
-    async with leak_checked_client(
-        own_containerd, namespace, tmp_path / "own-fifo", own=True
-    ) as c:
+    async with leak_checked_client(own_containerd, namespace, tmp_path / "own-fifo", own=True) as c:
         yield c

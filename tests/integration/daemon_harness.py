@@ -42,6 +42,8 @@ class DaemonDirs:
     rootfs: Path
     notify: socket.socket
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: The network namespace the daemon runs in (None: the host's).
+    netns: Path | None = None
 
     @property
     def config(self) -> Path:
@@ -98,8 +100,9 @@ class DaemonDirs:
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         out = open(self.base / f"daemon-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        enter = ["nsenter", f"--net={self.netns}"] if self.netns is not None else []
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
+            [*enter, sys.executable, "-m", "supervisor", "daemon", "--config", str(self.config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -139,6 +142,9 @@ async def dirs(tmp_path: Path, rootfs: Path) -> AsyncIterator[DaemonDirs]:
         f'definitions_dir = "{d.defs}"\n'
         "[control]\n"
         f'socket = "{tmp_path / "control.sock"}"\n'
+        # Networking is tested in namespaces of its own (test_network.py).
+        "[network]\n"
+        'default = "none"\n'
     )
     try:
         yield d
@@ -152,7 +158,10 @@ async def dirs(tmp_path: Path, rootfs: Path) -> AsyncIterator[DaemonDirs]:
                     proc.kill()
                     proc.wait()
         notify.close()
-        await _clean(d)
+        try:
+            await _clean(d)
+        finally:
+            unpin_all(d.state / "net" / "netns")
 
 
 async def _clean(d: DaemonDirs) -> None:
@@ -171,6 +180,19 @@ async def _clean(d: DaemonDirs) -> None:
     finally:
         ctd.stop()
         remove_namespace_dirs(d.namespace)
+
+
+def unpin_all(directory: Path) -> None:
+    """Unmount the namespaces a daemon pinned (its containers are gone) and the
+    directory's own shared mount."""
+    from supervisor.net import _netns
+
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        _netns.unpin(entry)
+    if _netns.is_mount_point(directory):
+        _netns.unshare_dir(directory)
 
 
 def _stop_orphan_containerd(d: DaemonDirs) -> None:

@@ -206,8 +206,12 @@ since_nanos = st.one_of(
     st.just(0),
     st.integers(-(2**63), 2**63 - 1),
     st.sampled_from(
-        [(datetime.now(UTC) - timedelta(hours=1) - datetime(1970, 1, 1, tzinfo=UTC))
-         // timedelta(microseconds=1) * 1000, 1]
+        [
+            (datetime.now(UTC) - timedelta(hours=1) - datetime(1970, 1, 1, tzinfo=UTC))
+            // timedelta(microseconds=1)
+            * 1000,
+            1,
+        ]
     ),
 )
 

@@ -243,7 +243,8 @@ def test_ps_json_times(fake: tuple[FakeControl, str], capsys: pytest.CaptureFixt
     nanos = (started - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000 + 999
     service.containers = [
         pb.ContainerInfo(id="a", status="running", pid=42, started_at_unix_nanos=nanos,
-                         command=["sleep", "1"], labels={"k": "v"}),
+                         command=["sleep", "1"], labels={"k": "v"}, network="bridge",
+                         address="10.213.0.2", ports=["127.0.0.1:8080:80/tcp", "53:53/udp"]),
         pb.ContainerInfo(id="b", status="exited", exited=True, exit_code=3, problem="gone"),
     ]  # fmt: skip
     assert cli.main(["--socket", path, "ps", "-a", "--json"]) == 0
@@ -252,12 +253,26 @@ def test_ps_json_times(fake: tuple[FakeControl, str], capsys: pytest.CaptureFixt
     assert got[0]["finished_at"] is None and got[0]["labels"] == {"k": "v"}
     assert got[0]["exit_code"] is None and got[1]["exit_code"] == 3
     assert got[1]["problem"] == "gone" and service.requests[-1].all
+    assert got[0]["address"] == "10.213.0.2" and got[1]["address"] is None
+    assert got[0]["ports"] == ["127.0.0.1:8080:80/tcp", "53:53/udp"]
     assert cli.main(["--socket", path, "ps"]) == 0
     out, err = capsys.readouterr()
     header, first, second = out.splitlines()
-    assert header.split() == ["ID", "STATUS", "PID", "RESTART", "RESTARTS", "COMMAND"]
-    assert first.split() == ["a", "running", "42", "0", "sleep", "1"]  # restart: ""
-    assert second.split() == ["b", "exited", "(3)", "(!)", "-", "0"]
+    assert header.split() == [
+        "ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "COMMAND"
+    ]  # fmt: skip
+    assert first.split() == [
+        "a",
+        "running",
+        "42",
+        "0",
+        "10.213.0.2",
+        "127.0.0.1:8080->80/tcp,",
+        "0.0.0.0:53->53/udp",
+        "sleep",
+        "1",
+    ]  # fmt: skip  (restart: "")
+    assert second.split() == ["b", "exited", "(3)", "(!)", "-", "0", "-", "-"]
     assert err == "(!) b: gone\n"
 
 

@@ -13,6 +13,7 @@ from supervisor.daemon._definitions import (
 )
 from supervisor.daemon._policy import RestartPolicy
 from supervisor.errors import SupervisorError
+from supervisor.net import PortMapping
 
 MIB = 1024 * 1024
 
@@ -571,6 +572,8 @@ def test_hash_changes_with_any_value(defs: Path, rootfs: Path, data: Path, tmp_p
         "mounts": base.mounts[1:],
         "labels": {"team": "api", "io.example/tier": "front"},
         "terminal": False,
+        "network": "host",
+        "ports": (PortMapping(8080, 80),),
     }
     names = {f.name for f in dataclasses.fields(ContainerDefinition)} - {"source"}
     assert set(changes) == names

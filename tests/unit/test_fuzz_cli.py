@@ -206,9 +206,7 @@ def dead_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[li
         signal.signal(signal.SIGPIPE, previous)  # main() sets SIG_DFL, as the CLI wants
 
 
-def test_fuzz_cli_arguments(
-    dead_sockets: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_fuzz_cli_arguments(dead_sockets: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     counter = Counter()
     codes: dict[int, int] = {}
 

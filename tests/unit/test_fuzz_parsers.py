@@ -172,12 +172,16 @@ def definition_tables(p: Places) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-file_names = st.one_of(
-    st.just("app"),
-    st.just("app"),
-    valid_ids,
-    ids.filter(lambda s: "/" not in s and "\0" not in s and len(s.encode()) < 200),
-).filter(lambda s: s not in (".", "..")).map(lambda s: s + ".toml")
+file_names = (
+    st.one_of(
+        st.just("app"),
+        st.just("app"),
+        valid_ids,
+        ids.filter(lambda s: "/" not in s and "\0" not in s and len(s.encode()) < 200),
+    )
+    .filter(lambda s: s not in (".", ".."))
+    .map(lambda s: s + ".toml")
+)
 
 
 def check_definition(path: Path) -> ContainerDefinition | None:
@@ -392,4 +396,3 @@ def test_fuzz_suite_size() -> None:
     """The issue asks for 10,000 generated inputs a run; the parsers alone give that."""
     total = DEFINITIONS + DEFINITION_BYTES + DIRECTORIES + CONFIGS + CONFIG_BYTES + SIZES
     assert total >= 10_000
-

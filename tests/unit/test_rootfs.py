@@ -268,7 +268,9 @@ async def test_the_daemon_builds_specs_off_the_event_loop(
     defs = tmp_path / "defs"
     defs.mkdir()
     (defs / "app.toml").write_text(f'rootfs = "{root}"\ncommand = ["true"]\nuser = "nobody"\n')
-    daemon = Daemon(DaemonConfig(definitions_dir=defs, log_dir=tmp_path / "logs"))
+    daemon = Daemon(DaemonConfig(definitions_dir=defs, log_dir=tmp_path / "logs",
+                                 state_dir=tmp_path / "state"))  # fmt: skip
+    daemon.net.open()
     daemon._sup = SimpleNamespace(client=_Client())  # type: ignore[assignment]
 
     wanted = await daemon._load()  # at start, reload and apply

@@ -22,6 +22,13 @@ __all__ = (
     "LogRecord",
     "LogsRequest",
     "Mount",
+    "NetworkCreateRequest",
+    "NetworkInfo",
+    "NetworkListRequest",
+    "NetworkListResponse",
+    "NetworkMember",
+    "NetworkRef",
+    "NetworkRemoveResponse",
     "ReloadRequest",
     "RemoveRequest",
     "RemoveResponse",
@@ -128,6 +135,12 @@ class ContainerInfo(betterproto2.Message):
 
     finished_at_unix_nanos: "int" = betterproto2.field(19, betterproto2.TYPE_INT64)
 
+    network: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(21, betterproto2.TYPE_STRING)
+
+    ports: "list[str]" = betterproto2.field(22, betterproto2.TYPE_STRING, repeated=True)
+
 
 default_message_pool.register_message("supervisor.v1", "ContainerInfo", ContainerInfo)
 
@@ -184,6 +197,17 @@ class Definition(betterproto2.Message):
     stdin: "bool" = betterproto2.field(15, betterproto2.TYPE_BOOL)
 
     mounts: "list[Mount]" = betterproto2.field(16, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    network: "str" = betterproto2.field(17, betterproto2.TYPE_STRING)
+    """
+    "bridge" (empty: the daemon's default), "none", "host", "container:<id>"
+    or a user-defined network's name.
+    """
+
+    ports: "list[str]" = betterproto2.field(18, betterproto2.TYPE_STRING, repeated=True)
+    """
+    [IP:]HOST:CONTAINER[/tcp|udp]
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "Definition", Definition)
@@ -383,6 +407,83 @@ default_message_pool.register_message("supervisor.v1", "Mount", Mount)
 
 
 @dataclass(eq=False, repr=False)
+class NetworkCreateRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    subnet: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: a free /24 of the daemon's pool
+    """
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkCreateRequest", NetworkCreateRequest)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkInfo(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    subnet: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    gateway: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    bridge: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    containers: "list[NetworkMember]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    created_unix_nanos: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkInfo", NetworkInfo)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkListRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkListRequest", NetworkListRequest)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkListResponse(betterproto2.Message):
+    networks: "list[NetworkInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkListResponse", NetworkListResponse)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkMember(betterproto2.Message):
+    id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkMember", NetworkMember)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkRef(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("supervisor.v1", "NetworkRef", NetworkRef)
+
+
+@dataclass(eq=False, repr=False)
+class NetworkRemoveResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message(
+    "supervisor.v1", "NetworkRemoveResponse", NetworkRemoveResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ReloadRequest(betterproto2.Message):
     pass
 
@@ -531,6 +632,15 @@ class StatsResponse(betterproto2.Message):
     """
     When the daemon read these figures (for rates over two readings), Unix nanoseconds.
     """
+
+    net_rx_bytes: "int" = betterproto2.field(10, betterproto2.TYPE_UINT64)
+    """
+    Bytes through the container's interfaces (not lo); has_network when it has some.
+    """
+
+    net_tx_bytes: "int" = betterproto2.field(11, betterproto2.TYPE_UINT64)
+
+    has_network: "bool" = betterproto2.field(12, betterproto2.TYPE_BOOL)
 
 
 default_message_pool.register_message("supervisor.v1", "StatsResponse", StatsResponse)
@@ -901,6 +1011,81 @@ class ControlStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def network_create(
+        self,
+        message: "NetworkCreateRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NetworkInfo":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/NetworkCreate",
+            message,
+            NetworkInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def network_list(
+        self,
+        message: "NetworkListRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NetworkListResponse":
+
+        if message is None:
+            message = NetworkListRequest()
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/NetworkList",
+            message,
+            NetworkListResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def network_inspect(
+        self,
+        message: "NetworkRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NetworkInfo":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/NetworkInspect",
+            message,
+            NetworkInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def network_remove(
+        self,
+        message: "NetworkRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NetworkRemoveResponse":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/NetworkRemove",
+            message,
+            NetworkRemoveResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ControlBase(betterproto2_grpclib.ServiceBase):
     async def version(self, message: "VersionRequest") -> "VersionResponse":
@@ -981,6 +1166,22 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def reload(self, message: "ReloadRequest") -> "ApplyResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def network_create(self, message: "NetworkCreateRequest") -> "NetworkInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def network_list(self, message: "NetworkListRequest") -> "NetworkListResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def network_inspect(self, message: "NetworkRef") -> "NetworkInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def network_remove(self, message: "NetworkRef") -> "NetworkRemoveResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1116,6 +1317,38 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
         response = await self.reload(request)
         await stream.send_message(response)
 
+    async def __rpc_network_create(
+        self, stream: "grpclib.server.Stream[NetworkCreateRequest, NetworkInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.network_create(request)
+        await stream.send_message(response)
+
+    async def __rpc_network_list(
+        self, stream: "grpclib.server.Stream[NetworkListRequest, NetworkListResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.network_list(request)
+        await stream.send_message(response)
+
+    async def __rpc_network_inspect(
+        self, stream: "grpclib.server.Stream[NetworkRef, NetworkInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.network_inspect(request)
+        await stream.send_message(response)
+
+    async def __rpc_network_remove(
+        self, stream: "grpclib.server.Stream[NetworkRef, NetworkRemoveResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.network_remove(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/supervisor.v1.Control/Version": grpclib.const.Handler(
@@ -1219,5 +1452,29 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ReloadRequest,
                 ApplyResponse,
+            ),
+            "/supervisor.v1.Control/NetworkCreate": grpclib.const.Handler(
+                self.__rpc_network_create,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NetworkCreateRequest,
+                NetworkInfo,
+            ),
+            "/supervisor.v1.Control/NetworkList": grpclib.const.Handler(
+                self.__rpc_network_list,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NetworkListRequest,
+                NetworkListResponse,
+            ),
+            "/supervisor.v1.Control/NetworkInspect": grpclib.const.Handler(
+                self.__rpc_network_inspect,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NetworkRef,
+                NetworkInfo,
+            ),
+            "/supervisor.v1.Control/NetworkRemove": grpclib.const.Handler(
+                self.__rpc_network_remove,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NetworkRef,
+                NetworkRemoveResponse,
             ),
         }

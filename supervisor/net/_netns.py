@@ -1,0 +1,106 @@
+"""Network namespaces pinned by a bind mount at a path of ours.
+
+A namespace is made in a short-lived thread of its own: ``unshare`` changes
+only the calling thread's namespace, and the thread ends with it, so no
+other thread of the daemon ever runs inside a container's network. (A fork,
+as pyroute2 does it, costs a copy of the daemon.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+#: statfs(2) f_type of a namespace file (nsfs).
+NSFS_MAGIC = 0x6E736673
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+
+
+def _check(result: int, what: str, path: Path | str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", str(path))
+
+
+def is_pinned(path: Path) -> bool:
+    """Whether ``path`` holds a live network namespace (not a stale file a
+    reboot left on a disk-backed /run)."""
+    buf = _Statfs()
+    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        return False
+    return bool(buf.f_type == NSFS_MAGIC)
+
+
+def is_mount_point(path: Path) -> bool:
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        target = os.fsencode(path)
+        return any(line.split(b" ")[4] == target for line in f)
+    return False
+
+
+def share_dir(directory: Path) -> None:
+    """Make ``directory`` a shared mount of itself (as iproute2 does for
+    /run/netns), so that an unpin reaches every mount namespace that got a
+    copy of a pin, and no copy keeps a namespace alive."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not is_mount_point(directory):
+        _check(_libc.mount(os.fsencode(directory), os.fsencode(directory), None,
+                           MS_BIND | MS_REC, None), "bind", directory)  # fmt: skip
+    _check(_libc.mount(b"none", os.fsencode(directory), None, MS_SHARED | MS_REC, None),
+           "make shared", directory)  # fmt: skip
+
+
+def pin(path: Path) -> None:
+    """Create a new network namespace and bind it at ``path`` (which must not
+    exist). Blocking: call it in a worker thread."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    failure: list[OSError] = []
+
+    def inside() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare", path)
+            _check(_libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None,
+                               MS_BIND, None), "bind", path)  # fmt: skip
+        except OSError as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=inside, name="netns-pin")
+    thread.start()
+    thread.join()
+    if failure:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise failure[0]
+
+
+def unpin(path: Path) -> None:
+    """Unbind and remove a pinned namespace; no error if it is not there.
+    The namespace itself ends when its last process and pin are gone."""
+    result = _libc.umount2(os.fsencode(path), MNT_DETACH)
+    if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        _check(result, "unmount", path)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def unshare_dir(directory: Path) -> None:
+    """Undo :func:`share_dir` (when no namespace is pinned in it any more)."""
+    result = _libc.umount2(os.fsencode(directory), MNT_DETACH)
+    if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        _check(result, "unmount", directory)
