@@ -213,6 +213,8 @@ class NetworkManager:
                 log.error("ignoring attachment file %s: %s", path, exc)
                 continue
             self.attachments[attachment.container_id] = attachment
+        if DEFAULT_NETWORK not in self.networks:
+            self.create_network(DEFAULT_NETWORK)  # a file only: its bridge comes with its first use
 
     def close(self) -> None:
         """Unmount the namespace directory when no namespace is pinned in it."""
@@ -392,7 +394,6 @@ class NetworkManager:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # a stale file (a reboot on a disk-backed /run)
                 await anyio.to_thread.run_sync(self._pin, path)
-                await _loopback_up(path)
             if mode.kind == "network":
                 network = self.network(mode.name)
                 plugins = network.plugins(self.ipam_dir)
@@ -523,28 +524,25 @@ class NetworkManager:
         path = self.netns_path(owner)
         if attachment.mode.kind == "host" or not _netns.is_pinned(path):
             return None
-        from pyroute2 import AsyncIPRoute
-
-        rx = tx = 0
         with anyio.fail_after(NETLINK_TIMEOUT):
-            async with AsyncIPRoute(netns=str(path), flags=0) as ipr:
-                async for link in await ipr.link("dump"):
-                    if link.get("ifname") == "lo":
-                        continue
-                    stats = link.get("stats64") or link.get("stats")
-                    if stats:
-                        rx += int(stats["rx_bytes"])
-                        tx += int(stats["tx_bytes"])
-        return rx, tx
+            return await anyio.to_thread.run_sync(_netns.run_in, path, _link_counters)
 
 
-async def _loopback_up(path: Path) -> None:
-    """runc brings ``lo`` up only in namespaces it makes itself."""
-    from pyroute2 import AsyncIPRoute
+def _link_counters() -> tuple[int, int]:
+    """Bytes received and sent through every interface but ``lo`` of the
+    calling thread's namespace (the kernel's 64-bit counters)."""
+    from pyroute2 import IPRoute
 
-    with anyio.fail_after(NETLINK_TIMEOUT):
-        async with AsyncIPRoute(netns=str(path), flags=0) as ipr:
-            await ipr.link("set", index=1, state="up")
+    rx = tx = 0
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            if link.get("ifname") == "lo":
+                continue
+            stats = link.get("stats64") or link.get("stats")
+            if stats:
+                rx += int(stats["rx_bytes"])
+                tx += int(stats["tx_bytes"])
+    return rx, tx
 
 
 async def _delete_link(name: str) -> None:

@@ -1,9 +1,12 @@
 """Network namespaces pinned by a bind mount at a path of ours.
 
-A namespace is made in a short-lived thread of its own: ``unshare`` changes
-only the calling thread's namespace, and the thread ends with it, so no
-other thread of the daemon ever runs inside a container's network. (A fork,
-as pyroute2 does it, costs a copy of the daemon.)
+Work inside a namespace (making it, bringing its loopback up, reading its
+counters) runs in a short-lived thread of its own: ``unshare`` and ``setns``
+change only the calling thread's namespace, and the thread ends with it, so
+no other thread of the daemon ever runs inside a container's network.
+Never pyroute2's ``netns=``: it forks the daemon, and the child, signalled to
+stop, writes the signal into the parent's asyncio wake-up pipe: the daemon
+then believes it got SIGTERM (seen here).
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import socket
+import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
@@ -65,28 +75,74 @@ def share_dir(directory: Path) -> None:
            "make shared", directory)  # fmt: skip
 
 
-def pin(path: Path) -> None:
-    """Create a new network namespace and bind it at ``path`` (which must not
-    exist). Blocking: call it in a worker thread."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
-    failure: list[OSError] = []
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
-    def inside() -> None:
+
+def _in_thread(name: str, body: Callable[[], _T]) -> _T:
+    """Run ``body`` in a new thread (whose namespaces it may change) and
+    return its result or raise its exception."""
+    out: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
         try:
-            _check(_libc.unshare(CLONE_NEWNET), "unshare", path)
-            _check(_libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None,
-                               MS_BIND, None), "bind", path)  # fmt: skip
-        except OSError as exc:
+            out.append(body())
+        except BaseException as exc:
             failure.append(exc)
 
-    thread = threading.Thread(target=inside, name="netns-pin")
+    thread = threading.Thread(target=run, name=name)
     thread.start()
     thread.join()
     if failure:
-        with contextlib.suppress(OSError):
-            path.unlink()
         raise failure[0]
+    return out[0]
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in the calling thread's namespace (runc does that only
+    in namespaces it makes itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def pin(path: Path) -> None:
+    """Create a new network namespace with its loopback up and bind it at
+    ``path`` (which must not exist). Blocking: call it in a worker thread."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+    def inside() -> None:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare", path)
+        _loopback_up()
+        _check(_libc.mount(b"/proc/thread-self/ns/net", os.fsencode(path), None,
+                           MS_BIND, None), "bind", path)  # fmt: skip
+
+    try:
+        _in_thread("netns-pin", inside)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _libc.umount2(os.fsencode(path), MNT_DETACH)
+            path.unlink()
+        raise
+
+
+def run_in(path: Path, body: Callable[[], _T]) -> _T:
+    """Run ``body`` inside the namespace pinned at ``path`` (in a thread of
+    its own; blocking: call it in a worker thread)."""
+
+    def inside() -> _T:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), "setns", path)
+        finally:
+            os.close(fd)
+        return body()
+
+    return _in_thread("netns-run", inside)
 
 
 def unpin(path: Path) -> None:
