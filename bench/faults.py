@@ -108,6 +108,10 @@ class DaemonRun:
             f'definitions_dir = "{defs}"\n'
             "[control]\n"
             f'socket = "{self.base / "control.sock"}"\n'
+            # As `ctr run`: no network (bench/network.py measures networking; bridges and
+            # iptables rules belong in a namespace of their own, not on this host).
+            "[network]\n"
+            'default = "none"\n'
         )
         kinds: dict[str, str] = {}
         rng = random.Random(containers)

@@ -337,6 +337,10 @@ class Daemon:
             f'socket = "{self.control}"\n'
             "[metrics]\n"
             f'address = "unix:{self.metrics}"\n'
+            # As `ctr run`: no network (bench/network.py measures networking; bridges and
+            # iptables rules belong in a namespace of their own, not on this host).
+            "[network]\n"
+            'default = "none"\n'
         )
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.base / "notify.sock"))

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -169,6 +170,7 @@ class NetworkManager:
         self.attachments: dict[str, Attachment] = {}
         self._busy: dict[str, anyio.Lock] = {}
         self._shared = False
+        self._share_lock = threading.Lock()
 
     # -- paths -------------------------------------------------------------------
 
@@ -233,9 +235,10 @@ class NetworkManager:
         return False
 
     def _pin(self, path: Path) -> None:
-        if not self._shared:
-            _netns.share_dir(path.parent)
-            self._shared = True
+        with self._share_lock:  # pins are made in worker threads, several at once
+            if not self._shared:
+                _netns.share_dir(path.parent)
+                self._shared = True
         _netns.pin(path)
 
     # -- networks ----------------------------------------------------------------

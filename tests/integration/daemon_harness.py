@@ -191,7 +191,7 @@ def unpin_all(directory: Path) -> None:
         return
     for entry in directory.iterdir():
         _netns.unpin(entry)
-    if _netns.is_mount_point(directory):
+    while _netns.is_mount_point(directory):
         _netns.unshare_dir(directory)
 
 

@@ -135,16 +135,20 @@ async def test_stats_in_human_units(dirs: DaemonDirs) -> None:
     done = dirs.cli("stats")  # all running ones
     assert done.code == 0, done.err
     header, *lines = done.out.splitlines()
-    assert header.split() == ["ID", "CPU", "%", "MEM", "USAGE", "/", "LIMIT", "MEM", "%", "PIDS"]
+    assert header.split() == [
+        "ID", "CPU", "%", "MEM", "USAGE", "/", "LIMIT", "MEM", "%", "NET", "I/O", "PIDS"
+    ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines}
     assert sorted(rows) == ["busy", "capped"]
     capped = rows["capped"]
     assert re.fullmatch(r"[\d.]+(B|KiB|MiB)", capped[2]) and capped[3:5] == ["/", "64MiB"]
-    assert re.fullmatch(r"[\d.]+%", capped[5]) and capped[6] == "1"
+    assert re.fullmatch(r"[\d.]+%", capped[5]) and capped[9] == "1"
+    assert capped[6:9] == ["0B", "/", "0B"]  # --network none (the harness's default): lo only
     assert float(rows["busy"][1].rstrip("%")) > 20  # a spinning shell uses a core's share
     done = dirs.cli("stats", "--json", "capped")
     [raw] = json.loads(done.out)
     assert raw["memory_limit"] == 64 << 20 and raw["pids_current"] == 1
+    assert (raw["net_rx_bytes"], raw["net_tx_bytes"]) == (0, 0)
     assert isinstance(raw["cpu_percent"], float) and isinstance(raw["memory_usage"], int)
     done = dirs.cli("stats", "ghost")
     assert done.code == 125 and done.err.count("\n") == 1 and "ghost" in done.err, done

@@ -99,7 +99,9 @@ def leftovers(d: DaemonDirs, *ids: str) -> list[str]:
     found = []
     root = d.state / "net"
     for sub in ("netns", "containers", "files"):
-        found += [f"{sub}/{p.name}" for p in (root / sub).iterdir()] if (root / sub).is_dir() else []
+        found += (
+            [f"{sub}/{p.name}" for p in (root / sub).iterdir()] if (root / sub).is_dir() else []
+        )
     links = sh(d, "ip", "-o", "link", "show")
     found += [line.split(":")[1].strip() for line in links.splitlines() if "veth" in line]
     rules = sh(d, "iptables-save")
@@ -279,3 +281,71 @@ async def test_a_killed_daemon_readopts_networks_and_sweeps_what_it_left_half_do
     assert net.cli("rm", "-f", "kept").code == 0
     assert leftovers(net, "kept", "ghost") == []
     assert os.listdir(net.state / "net" / "netns") == []
+
+
+async def test_the_example_web_definition_serves_its_page(net: DaemonDirs) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "containers" / "web.toml"
+    text = example.read_text().replace("/var/lib/containerd-supervisor/rootfs/busybox",
+                                       str(net.rootfs))  # fmt: skip
+    (net.defs / "web.toml").write_text(text)
+    await ready(net)
+    assert await fetch(net, "http://127.0.0.1:8080/hostname") == "web\n"  # as README's tour
+    assert inspect(net, "web")["ports"] == ["127.0.0.1:8080:8080/tcp"]
+
+
+CRASH_MID_ADD = """
+import anyio, dataclasses, json, subprocess, sys
+from pathlib import Path
+from supervisor.net import Mode, NetworkManager
+from supervisor.net._cni import Invocation, run_plugin
+
+root = Path(sys.argv[1])
+
+def state():
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    ipam = [p.name for p in (root / "ipam").rglob("*") if p.name[:1].isdigit()]
+    pins = len(list((root / "netns").iterdir()))
+    return {"veths": links.count("veth"), "ipam": ipam, "pins": pins,
+            "rules": sum('id: \\\\"c1\\\\"' in line for line in rules.splitlines())}
+
+async def main():
+    first = NetworkManager(root)
+    first.open()
+    attachment = first.reserve("c1", Mode.parse("bridge"))
+    first._pin(first.netns_path("c1"))
+    plugins = first.network("bridge").plugins(first.ipam_dir)
+    attachment = first._save(dataclasses.replace(attachment, network="bridge", plugins=plugins))
+    # The daemon dies after the bridge plugin's ADD, before portmap's and before the result.
+    await run_plugin(plugins[0], "ADD", first._call(attachment, True), name="bridge")
+    crashed = state()
+    second = NetworkManager(root)
+    second.open()
+    address = (await second.ensure("c1")).address
+    ready = state()
+    await second.release("c1")
+    print(json.dumps({"crashed": crashed, "address": address, "ready": ready, "released": state()}))
+
+anyio.run(main)
+"""
+
+
+async def test_a_chain_half_added_by_a_killed_daemon_is_undone_then_added_again(
+    tmp_path: Path,
+) -> None:
+    host = tmp_path / "hostns"
+    _netns.pin(host)
+    try:
+        done = subprocess.run(
+            ["nsenter", f"--net={host}", sys.executable, "-c", CRASH_MID_ADD,
+             str(tmp_path / "net")], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        _netns.unpin(host)
+        _netns.unshare_dir(tmp_path / "net" / "netns")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    crashed, ready, released = report["crashed"], report["ready"], report["released"]
+    assert crashed["veths"] == 1 and len(crashed["ipam"]) == 1 and crashed["rules"] > 0
+    assert ready["veths"] == 1 and ready["ipam"] == [report["address"]] and ready["pins"] == 1
+    assert released == {"veths": 0, "ipam": [], "pins": 0, "rules": 0}
