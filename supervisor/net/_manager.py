@@ -133,11 +133,12 @@ class Attachment:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Whole or not at all, for a daemon killed at any moment. Not fsynced:
+    what the records guard (namespaces, veths, rules) does not outlive the
+    machine either (host-local's own allocations are not fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
