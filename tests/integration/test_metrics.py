@@ -82,6 +82,8 @@ async def test_scrape_shows_containers_and_the_daemon(dirs: DaemonDirs) -> None:
     assert 0 < got[("supervisor_container_memory_usage_bytes", web)] < 64 << 20
     assert got[("supervisor_container_pids", web)] == 1
     assert got[("supervisor_container_cpu_seconds_total", web)] >= 0
+    # --network none (the harness's default): lo only, not counted.
+    assert got[("supervisor_container_network_receive_bytes_total", web)] == 0
     flaky = (("id", "flaky"), ("rootfs", str(dirs.rootfs)))
     assert got[("supervisor_container_restarts_total", flaky)] == 2
     assert got[("supervisor_container_last_exit_code", flaky)] == 3

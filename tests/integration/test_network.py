@@ -23,6 +23,7 @@ from supervisor.net import _netns
 
 from .daemon_harness import DaemonDirs, Done, dirs, until
 from .test_cli import ps
+from .test_metrics import http_get, samples
 
 __all__ = ("dirs",)
 
@@ -119,6 +120,9 @@ def leftovers(d: DaemonDirs, *ids: str) -> list[str]:
 async def test_a_published_port_serves_the_container_page_and_rm_leaves_nothing(
     net: DaemonDirs,
 ) -> None:
+    metrics = net.base / "metrics.sock"
+    with net.config.open("a") as config:
+        config.write(f'[metrics]\naddress = "unix:{metrics}"\n')
     await ready(net)
     web(net, "web", "-p", "127.0.0.1:18080:8080")
     assert await fetch(net, "http://127.0.0.1:18080/hostname") == "web\n"
@@ -134,6 +138,11 @@ async def test_a_published_port_serves_the_container_page_and_rm_leaves_nothing(
     assert await fetch(net, f"http://{address}:8080/hostname") == "web\n"
     stats = json.loads(net.cli("stats", "--json", "web").out)[0]
     assert stats["net_rx_bytes"] > 0 and stats["net_tx_bytes"] > 0
+    _, body = await anyio.to_thread.run_sync(http_get, metrics)
+    labels = (("id", "web"), ("rootfs", str(net.rootfs)))
+    got = samples(body)
+    assert got[("supervisor_container_network_receive_bytes_total", labels)] > 0
+    assert got[("supervisor_container_network_transmit_bytes_total", labels)] > 0
     assert net.cli("rm", "-f", "web").code == 0
     assert leftovers(net, "web") == []
     assert ps(net, "-a") == []
