@@ -524,7 +524,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         await stream.send_message(pb.RunOutput(started=await self._info_or_gone(definition.id)))
         if not request.attach:
             return
-        await self._attach(stream, io, follower, exited, definition.id)
+        await self._attach(stream, io, follower, exited, definition.id, remove=request.remove)
 
     async def _create_for_run(self, definition: ContainerDefinition, request: pb.RunRequest) -> Any:
         listeners: set[Listener] = set()
@@ -559,6 +559,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         follower: Follower,
         exited: anyio.Event,
         cid: str,
+        *,
+        remove: bool = False,
     ) -> None:
         inputs_done = anyio.Event()
         dropped = False
@@ -577,6 +579,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             # stdout): wait for the exit as `docker run` does, for as long as
             # the client stays (grpclib cancels this call when it goes).
             await exited.wait()
+            if remove:  # as `docker run --rm`: back once it is gone (its ports free again)
+                await self._gone(cid)
             await stream.send_message(pb.RunOutput(exit_code=self.daemon.last_exit.get(cid, 255)))
             await _client_done(inputs_done)
             tg.cancel_scope.cancel()
@@ -586,6 +590,16 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 f"client too slow, detached: more than {FOLLOWER_LIMIT >> 20} MiB of output "
                 f"behind; {cid} goes on and its output is in its log (supervisor logs {cid})",
             )
+
+    async def _gone(self, cid: str) -> None:
+        """Wait (bounded) until the daemon has removed a container."""
+        with anyio.move_on_after(REMOVE_WAIT):
+            while cid in self.daemon.definitions:
+                waiter = self.daemon.exit_waiter(cid)  # set when it goes, too
+                if cid not in self.daemon.definitions:
+                    self.daemon.drop_exit_waiter(cid, waiter)
+                    break
+                await waiter.wait()
 
     async def _forward_input(
         self, stream: Any, io: FifoIO | None, cid: str, proc: Any, done: anyio.Event
@@ -693,6 +707,10 @@ class _Taken:
 
     def __contains__(self, cid: object) -> bool:
         return any(cid in s for s in self._sets)
+
+
+#: How long an attached `run --rm` waits for its container's removal after the exit.
+REMOVE_WAIT = 60.0
 
 
 def _json_list(text: str | None) -> list[str]:

@@ -236,8 +236,8 @@ class Keeper:
             try:
                 container = await self.client.load_container(cid)
             except NotFound:
-                self.forget(cid)
                 await self.release_network(cid)
+                self.forget(cid)
                 return None
             await self._record_ooms(container)
             try:
@@ -267,8 +267,8 @@ class Keeper:
             elif act is Act.REMOVE:
                 await container.delete()
                 _remove_empty_cgroups(container.info.spec)
-                self.forget(cid)
                 await self.release_network(cid)
+                self.forget(cid)
                 return None
             else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
                 await container.update_labels(step.labels, remove=step.remove)
@@ -516,8 +516,8 @@ class Keeper:
                     await container.delete()
             except (SupervisorError, TimeoutError):
                 return False
-            self.forget(container.id)
             await self.release_network(container.id)
+            self.forget(container.id)
             return True
         return False
 
@@ -613,8 +613,8 @@ class Keeper:
         try:
             container = await self.client.load_container(cid)
         except NotFound:
+            await self.release_network(cid)  # before waiters hear of it: ports are free then
             self.forget(cid)
-            await self.release_network(cid)
             return
         labels = container.info.labels
         if manual:
@@ -647,15 +647,15 @@ class Keeper:
             try:
                 container = await self.client.load_container(cid)
             except NotFound:
-                self.forget(cid)
                 await self.release_network(cid)
+                self.forget(cid)
                 return
             with contextlib.suppress(NotFound):
                 await (await container.task()).force_delete()  # a start raced us
             await container.delete()
             _remove_empty_cgroups(container.info.spec)
+            await self.release_network(cid)  # before waiters hear of it: ports are free then
             self.forget(cid)
-            await self.release_network(cid)
 
 
 def fingerprint(state: ProcessState | None) -> tuple[str, int] | None:

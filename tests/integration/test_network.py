@@ -146,6 +146,9 @@ async def test_a_published_port_serves_the_container_page_and_rm_leaves_nothing(
     assert net.cli("rm", "-f", "web").code == 0
     assert leftovers(net, "web") == []
     assert ps(net, "-a") == []
+    for _ in range(2):  # the port is free again once the CLI has returned
+        done = run(net, "--rm", "-p", "127.0.0.1:18080:8080", "true")
+        assert (done.code, done.err) == (0, "")
 
 
 async def test_containers_of_a_network_reach_each_other_by_name_and_not_other_networks(
