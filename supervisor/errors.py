@@ -14,7 +14,12 @@ never translated.
     ├── FailedPrecondition     wrong state: a task still exists, not started...
     ├── Unavailable            containerd is not serving (socket gone, refused, stream dropped)
     ├── Unimplemented          containerd or the runtime does not support the call
-    └── ContainerdError        any other status containerd returned (carries it)
+    ├── ContainerdError        any other status containerd returned (carries it)
+    └── ImageError             pulling, importing or reading an image failed
+        ├── DigestMismatch     a blob's bytes do not match its digest (or size)
+        ├── PlatformNotFound   the image has no manifest for the platform asked for
+        ├── RegistryAuthError  the registry refused our credentials or token
+        └── RegistryError      the registry failed a request, or cannot be reached
 """
 
 from __future__ import annotations
@@ -34,9 +39,14 @@ if TYPE_CHECKING:
 __all__ = (
     "AlreadyExists",
     "ContainerdError",
+    "DigestMismatch",
     "FailedPrecondition",
+    "ImageError",
     "InvalidArgument",
     "NotFound",
+    "PlatformNotFound",
+    "RegistryAuthError",
+    "RegistryError",
     "SupervisorError",
     "Unavailable",
     "Unimplemented",
@@ -80,6 +90,31 @@ class ContainerdError(SupervisorError):
     """containerd failed the call with a status we do not map to a class."""
 
     def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ImageError(SupervisorError):
+    """An image could not be pulled, imported, unpacked or read."""
+
+
+class DigestMismatch(ImageError):
+    """A blob's bytes (or size) do not match the digest that names it."""
+
+
+class PlatformNotFound(ImageError, LookupError):
+    """The image has no manifest for the requested platform."""
+
+
+class RegistryAuthError(ImageError, PermissionError):
+    """The registry (or its token server) refused us."""
+
+
+class RegistryError(ImageError):
+    """The registry failed a request or could not be reached; ``status`` is
+    its HTTP status when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 

@@ -1,0 +1,46 @@
+"""A container's own snapshot on top of an image's layers."""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..client import Client, ImageRecord, RootfsMount, Stores
+from ..errors import NotFound
+from ._manifest import Platform
+from ._store import Image, resolve_image, stores_of
+from ._unpack import unpack
+
+
+async def prepare_rootfs(
+    client: Client | Stores,
+    container_id: str,
+    image: str | ImageRecord | Image,
+    *,
+    platform: str | Platform | None = None,
+    readonly: bool = False,
+) -> list[RootfsMount]:
+    """Make snapshot ``container_id`` (writable, or a read-only view) on the
+    image's top layer, unpacking the image first if it is not; its mounts go
+    to ``Container.new_task(rootfs=...)``. Create the container record with
+    ``snapshot_key=container_id`` under the same lease (``client.lease()``):
+    until then nothing keeps the snapshot from garbage collection."""
+    stores = stores_of(client)
+    if not isinstance(image, Image):
+        image = await resolve_image(stores, image, platform=platform)
+    if not await stores.snapshots.exists(image.chain_id):
+        async with stores.lease() as leased:
+            await unpack(leased, image.layers, image.config.diff_ids)
+    if readonly:
+        return await stores.snapshots.view(container_id, image.chain_id)
+    return await stores.snapshots.prepare(container_id, image.chain_id)
+
+
+async def rootfs_mounts(client: Client | Stores, container_id: str) -> list[RootfsMount]:
+    """The mounts of a container's existing snapshot (e.g. after a restart)."""
+    return await stores_of(client).snapshots.mounts(container_id)
+
+
+async def remove_rootfs(client: Client | Stores, container_id: str) -> None:
+    """Remove the container's snapshot; nothing happens if there is none."""
+    with contextlib.suppress(NotFound):
+        await stores_of(client).snapshots.remove(container_id)
