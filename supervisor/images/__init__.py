@@ -1,6 +1,8 @@
 """Images: references, a registry client (httpx), pull, unpack, import, save,
 and the snapshots containers run on."""
 
+from ._archive import import_archive as import_archive
+from ._archive import save as save
 from ._auth import Credentials as Credentials
 from ._auth import CredentialStore as CredentialStore
 from ._auth import default_config_path as default_config_path
@@ -46,6 +48,7 @@ __all__ = (
     "RegistryClient",
     "chain_ids",
     "default_config_path",
+    "import_archive",
     "is_loopback",
     "list_images",
     "normalize",
@@ -57,6 +60,7 @@ __all__ = (
     "remove_rootfs",
     "resolve_image",
     "rootfs_mounts",
+    "save",
     "save_credentials",
     "unpack",
 )

@@ -16,12 +16,19 @@ from anyio.abc import SocketStream
 
 from supervisor import Client
 from supervisor.client import FifoIO, oci_spec
-from supervisor.errors import DigestMismatch, ImageError, PlatformNotFound, RegistryError
+from supervisor.errors import (
+    DigestMismatch,
+    ImageError,
+    InvalidArgument,
+    PlatformNotFound,
+    RegistryError,
+)
 from supervisor.images import (
     Platform,
     PullProgress,
     PullStatus,
     RegistryClient,
+    import_archive,
     list_images,
     prepare_rootfs,
     prune_images,
@@ -29,6 +36,7 @@ from supervisor.images import (
     remove_image,
     remove_rootfs,
     resolve_image,
+    save,
 )
 from supervisor.testing import (
     BuiltImage,
@@ -343,3 +351,64 @@ async def test_pull_follows_307_to_another_host(
     assert image.manifest.digest == registry.image.manifest.digest
     assert await client.snapshots.exists(image.chain_id)
     await remove_image(client, image.name, sync=True)
+
+
+async def test_import_skopeo_oci_archive(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    archive = tmp_path / "oci.tar"
+    skopeo_copy(f"oci:{registry.layout}:1", f"oci-archive:{archive}:localhost/imported:1")
+    [image] = await import_archive(client, archive)
+    assert image.name == "localhost/imported:1"
+    assert image.manifest.digest == registry.image.manifest.digest
+    args = ["cat", "/hello.txt"]
+    out, code = await run_from_image(client, tmp_path, "oci-import", image.name, args)
+    assert (out, code) == (b"hello from the image\n", 0)
+    await remove_image(client, image.name, sync=True)
+
+
+async def test_import_skopeo_docker_archive(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    archive = tmp_path / "docker.tar"
+    skopeo_copy(f"oci:{registry.layout}:1", f"docker-archive:{archive}:t/dock:2")
+    [image] = await import_archive(client, archive)
+    assert image.name == "docker.io/t/dock:2"
+    assert image.target.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    assert image.config.diff_ids == tuple(registry.image.diff_ids)
+    out, code = await run_from_image(client, tmp_path, "docker-import", "t/dock:2", ["echo", "hi"])
+    assert (out, code) == (b"hi\n", 0)
+    await remove_image(client, image.name, sync=True)
+
+
+async def test_save_is_an_oci_archive_ctr_and_we_import(
+    client: Client, registry: Registry, containerd: ContainerdProcess, tmp_path: Path
+) -> None:
+    pulled = await pull(client, f"{registry.host}/t/bb:multi")
+    archive = tmp_path / "saved.tar"
+    top = await save(client, pulled.name, archive)
+    # Only amd64 was pulled: the archive holds its manifest, not the index.
+    assert top.digest == pulled.manifest.digest
+    await remove_image(client, pulled.name, sync=True)
+    assert await gc_and_list(client) == ([], [])
+
+    [image] = await import_archive(client, archive)
+    assert (image.name, image.digest) == (pulled.name, pulled.manifest.digest)
+    out, code = await run_from_image(client, tmp_path, "saved", image.name, ["echo", "hi"])
+    assert (out, code) == (b"hi\n", 0)
+    await remove_image(client, image.name, sync=True)
+
+    namespace = f"{client.namespace}-ctr"
+    ctr(containerd, namespace, "images", "import", "--no-unpack", str(archive))
+    try:
+        assert ctr(containerd, namespace, "images", "ls", "-q") == [pulled.name]
+    finally:
+        ctr(containerd, namespace, "images", "rm", "--sync", pulled.name)
+        ctr(containerd, namespace, "namespaces", "rm", namespace)
+
+
+async def test_import_of_a_non_archive_is_refused(client: Client, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar")
+    with pytest.raises(InvalidArgument, match="not a readable tar archive"):
+        await import_archive(client, junk)
