@@ -143,7 +143,7 @@ class RegistryClient:
 
             async def chunks() -> AsyncIterator[bytes]:
                 with _map_http_errors(what):
-                    async for part in response.aiter_raw(BLOB_CHUNK):
+                    async for part in response.aiter_bytes(BLOB_CHUNK):
                         yield part
 
             yield chunks()
