@@ -138,6 +138,13 @@ _BY_STATUS: dict[int, type[SupervisorError]] = {
     12: Unimplemented,
 }
 
+# A blob that does not match its digest is a FAILED_PRECONDITION for
+# containerd's content store (content/local/writer.go); it is ours to name.
+_PRECONDITION_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
+    ("unexpected commit digest", DigestMismatch),
+    ("unexpected commit size", DigestMismatch),
+)
+
 # containerd 1.6 returns some state errors as UNKNOWN; these messages say
 # what they are.
 _UNKNOWN_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
@@ -159,6 +166,8 @@ def from_status(code: int, message: str) -> SupervisorError:
     unknown code is UNKNOWN): as :func:`from_grpc`, which comes here; the CLI's
     own client, which does not use grpclib, calls this."""
     cls = _BY_STATUS.get(code)
+    if cls is FailedPrecondition:
+        cls = next((c for text, c in _PRECONDITION_BY_MESSAGE if text in message), cls)
     if cls is not None and message:
         return cls(message)
     from grpclib.const import Status

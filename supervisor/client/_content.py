@@ -49,13 +49,21 @@ def _check_digest(digest: str) -> str:
     return digest
 
 
-def _chunks(data: bytes) -> Iterable[bytes]:
-    if len(data) <= WRITE_CHUNK:
-        yield data
-        return
-    view = memoryview(data)
-    for start in range(0, len(data), WRITE_CHUNK):
-        yield bytes(view[start : start + WRITE_CHUNK])
+async def _rechunk(source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """``source`` in pieces of WRITE_CHUNK bytes (the last may be shorter):
+    what arrives in small reads goes out in few messages."""
+    parts: list[bytes] = []
+    held = 0
+    async for data in source:
+        parts.append(data)
+        held += len(data)
+        while held >= WRITE_CHUNK:
+            joined = b"".join(parts)
+            yield joined[:WRITE_CHUNK]
+            rest = joined[WRITE_CHUNK:]
+            parts, held = ([rest] if rest else []), len(rest)
+    if held:
+        yield b"".join(parts)
 
 
 class ContentStore:
@@ -159,8 +167,9 @@ class ContentStore:
     ) -> bool:
         """Stream ``source`` into the store as blob ``digest`` of ``size`` bytes.
 
-        The bytes are hashed on the way: a blob that does not match raises
-        :class:`~supervisor.errors.DigestMismatch` and is not committed. Returns
+        containerd hashes the bytes as they arrive and commits them only under
+        the digest they have: a blob that does not match its digest or size
+        raises :class:`~supervisor.errors.DigestMismatch`. Returns
         False (and reads nothing) if the blob is already there. Another writer
         of ``ref`` is waited for. Nothing of a failed write stays in the store.
         """
@@ -205,6 +214,8 @@ class ContentStore:
                     content_pb.WriteContentResponse,
                     metadata=self._metadata,
                 ) as stream:
+                    await stream.send_request()
+                    _batch_frames(stream)
                     stat = content_pb.WriteContentRequest(
                         action=content_pb.WriteAction.STAT, ref=ref, total=size, expected=digest
                     )
@@ -236,28 +247,22 @@ class ContentStore:
         size: int,
         labels: Mapping[str, str],
     ) -> None:
-        hasher = hashlib.sha256()
         offset = 0
         pending = 0
         write = content_pb.WriteAction.WRITE
-        async for data in source:
-            for chunk in _chunks(data):
-                hasher.update(chunk)
-                message = content_pb.WriteContentRequest(action=write, offset=offset, data=chunk)
-                offset += len(chunk)
-                if offset > size:
-                    raise DigestMismatch(f"blob {digest} is longer than its {size} bytes")
-                with anyio.fail_after(STREAM_STEP_TIMEOUT):
-                    await stream.send_message(message)
-                    pending += 1
-                    if pending >= WRITE_WINDOW:
-                        await stream.recv_message()
-                        pending -= 1
+        async for chunk in _rechunk(source):
+            message = content_pb.WriteContentRequest(action=write, offset=offset, data=chunk)
+            offset += len(chunk)
+            if offset > size:
+                raise DigestMismatch(f"blob {digest} is longer than its {size} bytes")
+            with anyio.fail_after(STREAM_STEP_TIMEOUT):
+                await stream.send_message(message)
+                pending += 1
+                if pending >= WRITE_WINDOW:
+                    await stream.recv_message()
+                    pending -= 1
         if offset != size:
             raise DigestMismatch(f"blob {digest} is {offset} bytes, not {size}")
-        actual = "sha256:" + hasher.hexdigest()
-        if actual != digest:
-            raise DigestMismatch(f"blob {digest} arrived with digest {actual}")
         commit = content_pb.WriteContentRequest(
             action=content_pb.WriteAction.COMMIT,
             total=size,
@@ -282,6 +287,57 @@ class ContentStore:
 
 class _Locked(Exception):
     pass
+
+
+def _batch_frames(stream: Any) -> None:
+    """Make this stream send its DATA frames a flow-control window at a time.
+
+    grpclib hands h2 one 16 KiB frame at a time and writes each to the socket
+    on its own; h2's per-frame bookkeeping and the system calls were over a
+    third of a pull's CPU (3,300 frames for 50 MB). Within a window the frames
+    are framed here and written at once, and h2's windows are charged for
+    them; the frame that ends the stream still goes through h2 (its state).
+    """
+    h2_stream = stream._stream
+
+    async def send_data(data: bytes, end_stream: bool = False) -> None:
+        h2 = h2_stream._h2_connection
+        sid = h2_stream.id
+        header_tail = b"\x00\x00" + sid.to_bytes(4, "big")  # type DATA, no flags
+        view = memoryview(data)
+        pos, total = 0, len(data)
+        while True:
+            await h2_stream.connection.write_ready.wait()
+            window = h2.local_flow_control_window(sid)
+            if window <= 0:
+                h2_stream.window_updated.clear()
+                await h2_stream.window_updated.wait()
+                continue
+            limit = min(total, pos + window)
+            start = pos
+            pieces: list[bytes | memoryview] = [h2.data_to_send()]
+            framed = 0
+            while pos < limit:
+                size = min(h2.max_outbound_frame_size, limit - pos)
+                if end_stream and pos + size == total:
+                    break
+                pieces += [size.to_bytes(3, "big") + header_tail, view[pos : pos + size]]
+                pos += size
+                framed += size
+            h2.outbound_flow_control_window -= framed
+            h2.streams[sid].outbound_flow_control_window -= framed
+            if pos < limit:
+                h2.send_data(sid, view[pos:limit], end_stream=True)
+                pos = limit
+                pieces.append(h2.data_to_send())
+            h2_stream._transport.write(b"".join(pieces))
+            h2_stream.data_sent += pos - start
+            h2_stream.connection.data_sent += pos - start
+            h2_stream.connection.data_send_process()
+            if pos == total:
+                return
+
+    h2_stream.send_data = send_data
 
 
 @contextlib.contextmanager

@@ -34,7 +34,6 @@ DEFAULT_TOKEN_TTL = 60.0
 TOKEN_MARGIN = 5.0
 #: The part of a failed reply's body shown in the error.
 ERROR_BODY_LIMIT = 2048
-BLOB_CHUNK = 1 << 20
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -143,7 +142,7 @@ class RegistryClient:
 
             async def chunks() -> AsyncIterator[bytes]:
                 with _map_http_errors(what):
-                    async for part in response.aiter_bytes(BLOB_CHUNK):
+                    async for part in response.aiter_bytes():
                         yield part
 
             yield chunks()
