@@ -5,7 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any
 
 import anyio
@@ -49,7 +56,7 @@ def _check_digest(digest: str) -> str:
     return digest
 
 
-async def _rechunk(source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def _rechunk(source: AsyncIterable[bytes]) -> AsyncGenerator[bytes]:
     """``source`` in pieces of WRITE_CHUNK bytes (the last may be shorter):
     what arrives in small reads goes out in few messages."""
     parts: list[bytes] = []
@@ -110,7 +117,7 @@ class ContentStore:
         with anyio.fail_after(CALL_TIMEOUT), map_errors(f"delete content {digest}"):
             await self._stub.delete(content_pb.DeleteContentRequest(digest=_check_digest(digest)))
 
-    async def read(self, digest: str, *, offset: int = 0, size: int = 0) -> AsyncIterator[bytes]:
+    async def read(self, digest: str, *, offset: int = 0, size: int = 0) -> AsyncGenerator[bytes]:
         """The blob's bytes from ``offset`` (``size`` of them, 0 for all), in
         the pieces containerd sends. Close it with ``aclosing`` if not drained."""
         request = content_pb.ReadContentRequest(
@@ -250,17 +257,18 @@ class ContentStore:
         offset = 0
         pending = 0
         write = content_pb.WriteAction.WRITE
-        async for chunk in _rechunk(source):
-            message = content_pb.WriteContentRequest(action=write, offset=offset, data=chunk)
-            offset += len(chunk)
-            if offset > size:
-                raise DigestMismatch(f"blob {digest} is longer than its {size} bytes")
-            with anyio.fail_after(STREAM_STEP_TIMEOUT):
-                await stream.send_message(message)
-                pending += 1
-                if pending >= WRITE_WINDOW:
-                    await stream.recv_message()
-                    pending -= 1
+        async with contextlib.aclosing(_rechunk(source)) as chunks:
+            async for chunk in chunks:
+                message = content_pb.WriteContentRequest(action=write, offset=offset, data=chunk)
+                offset += len(chunk)
+                if offset > size:
+                    raise DigestMismatch(f"blob {digest} is longer than its {size} bytes")
+                with anyio.fail_after(STREAM_STEP_TIMEOUT):
+                    await stream.send_message(message)
+                    pending += 1
+                    if pending >= WRITE_WINDOW:
+                        await stream.recv_message()
+                        pending -= 1
         if offset != size:
             raise DigestMismatch(f"blob {digest} is {offset} bytes, not {size}")
         commit = content_pb.WriteContentRequest(
@@ -303,6 +311,8 @@ def _batch_frames(stream: Any) -> None:
     async def send_data(data: bytes, end_stream: bool = False) -> None:
         h2 = h2_stream._h2_connection
         sid = h2_stream.id
+        if sid not in h2.streams:
+            raise StreamTerminatedError(f"stream {sid} is closed")
         header_tail = b"\x00\x00" + sid.to_bytes(4, "big")  # type DATA, no flags
         view = memoryview(data)
         pos, total = 0, len(data)

@@ -31,6 +31,7 @@ from ._store import prune_images as prune_images
 from ._store import remove_image as remove_image
 from ._store import resolve_image as resolve_image
 from ._unpack import unpack as unpack
+from ._unpack import unpack_image as unpack_image
 
 __all__ = (
     "DEFAULT_CONCURRENCY",
@@ -63,4 +64,5 @@ __all__ = (
     "save",
     "save_credentials",
     "unpack",
+    "unpack_image",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from ._manifest import (
 )
 from ._reference import parse_reference
 from ._store import Image, image_name, resolve_image, stores_of
-from ._unpack import UNCOMPRESSED_LABEL, snapshot_gc_label, unpack
+from ._unpack import UNCOMPRESSED_LABEL, unpack_image
 
 #: Bytes read from or written to an archive at a time.
 ARCHIVE_CHUNK = 1 << 20
@@ -136,19 +137,13 @@ async def import_archive(
                     await leased.images.update(name, target)
                 image = await resolve_image(leased, name, platform=plat)
                 if unpack_layers:
-                    await _unpack_image(leased, image)
+                    await unpack_image(
+                        leased, image.layers, image.config.diff_ids, image.config_descriptor
+                    )
                 images.append(image)
             return images
     finally:
         await anyio.to_thread.run_sync(archive.tar.close)
-
-
-async def _unpack_image(stores: Stores, image: Image) -> None:
-    top = await unpack(stores, image.layers, image.config.diff_ids)
-    label = {snapshot_gc_label(stores.snapshots.snapshotter): top}
-    await stores.content.update(image.config_descriptor.digest, label)
-    for layer, diff_id in zip(image.layers, image.config.diff_ids, strict=True):
-        await stores.content.update(layer.digest, {UNCOMPRESSED_LABEL: diff_id})
 
 
 def _blob_name(digest: str) -> str:
@@ -376,10 +371,11 @@ async def _add_blob(stores: Stores, out: Any, blob: Descriptor) -> None:
     await out.write(_header(_blob_name(blob.digest), blob.size))
     hasher = hashlib.sha256()
     written = 0
-    async for chunk in stores.content.read(blob.digest):
-        hasher.update(chunk)
-        written += len(chunk)
-        await out.write(chunk)
+    async with contextlib.aclosing(stores.content.read(blob.digest)) as chunks:
+        async for chunk in chunks:
+            hasher.update(chunk)
+            written += len(chunk)
+            await out.write(chunk)
     if written != blob.size or "sha256:" + hasher.hexdigest() != blob.digest:
         raise ImageError(f"content {blob.digest} in containerd does not match its descriptor")
     await out.write(b"\0" * (-blob.size % _BLOCK))

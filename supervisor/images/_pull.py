@@ -4,8 +4,9 @@ unpacked by chain id while later ones download, then the image record."""
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -127,18 +128,19 @@ class _Pull:
             )
         return data, media_type_of(data, declared)
 
-    async def _write_small(self, desc: Descriptor, data: bytes, labels: dict[str, str]) -> None:
+    async def _write_small(
+        self, kind: str, desc: Descriptor, data: bytes, labels: dict[str, str]
+    ) -> None:
         written = await self.stores.content.write_bytes(
-            f"{desc.media_type.rsplit('.', 1)[-1]}-{desc.digest}", data, digest=desc.digest,
-            labels=labels,
-        )  # fmt: skip
+            f"{kind}-{desc.digest}", data, digest=desc.digest, labels=labels
+        )
         if not written:
             await self.stores.content.update(desc.digest, labels)
 
     async def run(self, do_unpack: bool) -> Image:
         data, media_type = await self._manifest(None, None)
         target = Descriptor(media_type, sha256_digest(data), len(data))
-        parents: list[tuple[Descriptor, bytes, dict[str, str]]] = []
+        parents: list[tuple[str, Descriptor, bytes, dict[str, str]]] = []
         manifest_desc, manifest_data = target, data
         if media_type in INDEX_TYPES:
             manifest_desc = Index.parse(data, media_type).select(self.platform)
@@ -146,7 +148,7 @@ class _Pull:
             if not manifest_desc.media_type:
                 manifest_desc = Descriptor(found_type, manifest_desc.digest, manifest_desc.size)
             labels = {_gc_content_label("m", 0): manifest_desc.digest, **self.source}
-            parents.append((target, data, labels))
+            parents.append(("index", target, data, labels))
         manifest = Manifest.parse(manifest_data, manifest_desc.media_type)
         config_data = await self._fetch_config(manifest.config)
         config = ImageConfig.parse(config_data)
@@ -159,14 +161,14 @@ class _Pull:
             **{_gc_content_label("l", i): layer.digest for i, layer in enumerate(manifest.layers)},
             **self.source,
         }
-        parents.insert(0, (manifest_desc, manifest_data, manifest_labels))
+        parents.insert(0, ("manifest", manifest_desc, manifest_data, manifest_labels))
         config_labels = dict(self.source)
         top = await self._layers(manifest, config, do_unpack)
         if top is not None:
             config_labels[snapshot_gc_label(self.stores.snapshots.snapshotter)] = top
-        await self._write_small(manifest.config, config_data, config_labels)
-        for desc, blob, labels in parents:
-            await self._write_small(desc, blob, labels)
+        await self._write_small("config", manifest.config, config_data, config_labels)
+        for kind, desc, blob, labels in parents:
+            await self._write_small(kind, desc, blob, labels)
         name = str(self.ref)
         try:
             record = await self.stores.images.create(name, target)
@@ -236,10 +238,13 @@ class _Pull:
                 ready.set()
                 return
             self._report(layer, PullStatus.DOWNLOADING, 0)
-            async with self.registry.blob(self.ref, layer.digest) as chunks:
+            async with (
+                self.registry.blob(self.ref, layer.digest) as chunks,
+                contextlib.aclosing(self._counted(layer, chunks)) as counted,
+            ):
                 written = await self.stores.content.write(
-                    f"layer-{layer.digest}", self._counted(layer, chunks),
-                    digest=layer.digest, size=layer.size, labels=labels,
+                    f"layer-{layer.digest}", counted, digest=layer.digest, size=layer.size,
+                    labels=labels,
                 )  # fmt: skip
             if not written:
                 await self.stores.content.update(layer.digest, labels)
@@ -248,7 +253,7 @@ class _Pull:
 
     async def _counted(
         self, layer: Descriptor, chunks: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         done = 0
         async for chunk in chunks:
             done += len(chunk)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -140,12 +140,13 @@ class RegistryClient:
         what = f"get blob {digest} of {ref.name}"
         async with self._open(ref, f"blobs/{digest}", what) as response:
 
-            async def chunks() -> AsyncIterator[bytes]:
+            async def chunks() -> AsyncGenerator[bytes]:
                 with _map_http_errors(what):
                     async for part in response.aiter_bytes():
                         yield part
 
-            yield chunks()
+            async with contextlib.aclosing(chunks()) as stream:
+                yield stream
 
     @contextlib.asynccontextmanager
     async def _open(

@@ -8,7 +8,7 @@ from ..client import Client, ImageRecord, RootfsMount, Stores
 from ..errors import NotFound
 from ._manifest import Platform
 from ._store import Image, resolve_image, stores_of
-from ._unpack import unpack
+from ._unpack import unpack_image
 
 
 async def prepare_rootfs(
@@ -28,8 +28,9 @@ async def prepare_rootfs(
     if not isinstance(image, Image):
         image = await resolve_image(stores, image, platform=platform)
     if not await stores.snapshots.exists(image.chain_id):
+        # Labelled before the lease goes: the image holds the layers from then on.
         async with stores.lease() as leased:
-            await unpack(leased, image.layers, image.config.diff_ids)
+            await unpack_image(leased, image.layers, image.config.diff_ids, image.config_descriptor)
     if readonly:
         return await stores.snapshots.view(container_id, image.chain_id)
     return await stores.snapshots.prepare(container_id, image.chain_id)

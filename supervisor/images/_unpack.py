@@ -58,6 +58,20 @@ async def unpack(
     return chains[-1]
 
 
+async def unpack_image(
+    stores: Stores, layers: Sequence[Descriptor], diff_ids: Sequence[str], config: Descriptor
+) -> str:
+    """:func:`unpack`, then the labels that make the image hold what was
+    unpacked: the config refers to the top snapshot, each layer names its
+    diff id. Returns the top chain id."""
+    top = await unpack(stores, layers, diff_ids)
+    label = snapshot_gc_label(stores.snapshots.snapshotter)
+    await stores.content.update(config.digest, {label: top})
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        await stores.content.update(layer.digest, {UNCOMPRESSED_LABEL: diff_id})
+    return top
+
+
 async def apply_layer(
     stores: Stores, layer: Descriptor, diff_id: str, chain: str, parent: str
 ) -> None:

@@ -412,3 +412,21 @@ async def test_import_of_a_non_archive_is_refused(client: Client, tmp_path: Path
     junk.write_bytes(b"not a tar")
     with pytest.raises(InvalidArgument, match="not a readable tar archive"):
         await import_archive(client, junk)
+
+
+async def test_rootfs_of_an_image_not_yet_unpacked(
+    client: Client, registry: Registry, tmp_path: Path
+) -> None:
+    archive = tmp_path / "oci.tar"
+    skopeo_copy(f"oci:{registry.layout}:1", f"oci-archive:{archive}:localhost/lazy:1")
+    [image] = await import_archive(client, archive, unpack_layers=False)
+    assert not await client.snapshots.exists(image.chain_id)
+    out, code = await run_from_image(client, tmp_path, "lazy", image.name, ["echo", "hi"])
+    assert (out, code) == (b"hi\n", 0)
+    # The image holds its unpacked layers: a GC keeps them.
+    await client.leases.collect_garbage()
+    assert await client.snapshots.exists(image.chain_id)
+    config = await client.content.info(image.config_descriptor.digest)
+    assert config.labels["containerd.io/gc.ref.snapshot.overlayfs"] == image.chain_id
+    await remove_image(client, image.name)
+    assert await gc_and_list(client) == ([], [])
