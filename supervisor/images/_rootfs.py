@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 
 from ..client import Client, ImageRecord, RootfsMount, Stores
-from ..errors import NotFound
+from ..errors import InvalidArgument, NotFound
 from ._manifest import Platform
 from ._store import Image, resolve_image, stores_of
 from ._unpack import unpack_image
 
 
 async def prepare_rootfs(
-    client: Client | Stores,
+    stores: Stores,
     container_id: str,
     image: str | ImageRecord | Image,
     *,
@@ -21,16 +21,23 @@ async def prepare_rootfs(
 ) -> list[RootfsMount]:
     """Make snapshot ``container_id`` (writable, or a read-only view) on the
     image's top layer, unpacking the image first if it is not; its mounts go
-    to ``Container.new_task(rootfs=...)``. Create the container record with
-    ``snapshot_key=container_id`` under the same lease (``client.lease()``):
-    until then nothing keeps the snapshot from garbage collection."""
-    stores = stores_of(client)
+    to ``Container.new_task(rootfs=...)``.
+
+    ``stores`` must be leased, and the container record made with
+    ``snapshot_key=container_id`` before the lease ends: until then only the
+    lease keeps the snapshot from garbage collection (and if the record is
+    never made, the snapshot goes with the lease)::
+
+        async with client.lease() as leased:
+            mounts = await prepare_rootfs(leased, cid, "busybox")
+            container = await client.create_container(cid, spec, snapshot_key=cid)
+    """
+    if not isinstance(stores, Stores) or stores.lease_id is None:
+        raise InvalidArgument("prepare_rootfs needs leased stores (async with client.lease())")
     if not isinstance(image, Image):
         image = await resolve_image(stores, image, platform=platform)
     if not await stores.snapshots.exists(image.chain_id):
-        # Labelled before the lease goes: the image holds the layers from then on.
-        async with stores.lease() as leased:
-            await unpack_image(leased, image.layers, image.config.diff_ids, image.config_descriptor)
+        await unpack_image(stores, image.layers, image.config.diff_ids, image.config_descriptor)
     if readonly:
         return await stores.snapshots.view(container_id, image.chain_id)
     return await stores.snapshots.prepare(container_id, image.chain_id)

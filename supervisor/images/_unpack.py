@@ -38,7 +38,15 @@ async def unpack(
     returns once layer ``i`` is in the content store (a pull fetches while
     this unpacks); ``on_layer(i, applied)`` reports each one. Returns the top
     chain id. Raises :class:`DigestMismatch` if a layer's tar is not its diff id.
+
+    It runs under the lease of ``stores``, or one of its own: containerd's
+    garbage collection removes an extraction snapshot nothing holds.
     """
+    if stores.lease_id is None:
+        async with stores.lease() as leased:
+            return await unpack(
+                leased, layers, diff_ids, layer_ready=layer_ready, on_layer=on_layer
+            )
     if len(layers) != len(diff_ids):
         raise ImageError(f"image has {len(layers)} layers but {len(diff_ids)} diff ids")
     if not layers:
@@ -63,7 +71,10 @@ async def unpack_image(
 ) -> str:
     """:func:`unpack`, then the labels that make the image hold what was
     unpacked: the config refers to the top snapshot, each layer names its
-    diff id. Returns the top chain id."""
+    diff id. Returns the top chain id. Under a lease, as :func:`unpack`."""
+    if stores.lease_id is None:
+        async with stores.lease() as leased:
+            return await unpack_image(leased, layers, diff_ids, config)
     top = await unpack(stores, layers, diff_ids)
     label = snapshot_gc_label(stores.snapshots.snapshotter)
     await stores.content.update(config.digest, {label: top})

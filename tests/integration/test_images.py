@@ -430,3 +430,10 @@ async def test_rootfs_of_an_image_not_yet_unpacked(
     assert config.labels["containerd.io/gc.ref.snapshot.overlayfs"] == image.chain_id
     await remove_image(client, image.name)
     assert await gc_and_list(client) == ([], [])
+
+
+async def test_rootfs_needs_a_lease(client: Client, registry: Registry) -> None:
+    image = await pull(client, f"{registry.host}/t/bb:1")
+    with pytest.raises(InvalidArgument, match="leased"):
+        await prepare_rootfs(client.stores, "nolease", image)
+    await remove_image(client, image.name, sync=True)
