@@ -26,6 +26,11 @@ _WHERE = {
     "oci_spec": ".client",
     "AlreadyExists": ".errors",
     "ContainerdError": ".errors",
+    "DigestMismatch": ".errors",
+    "ImageError": ".errors",
+    "PlatformNotFound": ".errors",
+    "RegistryAuthError": ".errors",
+    "RegistryError": ".errors",
     "FailedPrecondition": ".errors",
     "InvalidArgument": ".errors",
     "NotFound": ".errors",
@@ -55,9 +60,14 @@ if TYPE_CHECKING:
     from .client import oci_spec as oci_spec
     from .errors import AlreadyExists as AlreadyExists
     from .errors import ContainerdError as ContainerdError
+    from .errors import DigestMismatch as DigestMismatch
     from .errors import FailedPrecondition as FailedPrecondition
+    from .errors import ImageError as ImageError
     from .errors import InvalidArgument as InvalidArgument
     from .errors import NotFound as NotFound
+    from .errors import PlatformNotFound as PlatformNotFound
+    from .errors import RegistryAuthError as RegistryAuthError
+    from .errors import RegistryError as RegistryError
     from .errors import SupervisorError as SupervisorError
     from .errors import Unavailable as Unavailable
     from .errors import Unimplemented as Unimplemented
@@ -88,16 +98,21 @@ __all__ = (
     "ConnectionState",
     "Container",
     "ContainerdError",
+    "DigestMismatch",
     "Event",
     "EventType",
     "ExitStatus",
     "FailedPrecondition",
     "FifoIO",
     "FileIO",
+    "ImageError",
     "InvalidArgument",
     "NotFound",
     "NullIO",
+    "PlatformNotFound",
     "Process",
+    "RegistryAuthError",
+    "RegistryError",
     "Supervisor",
     "SupervisorError",
     "Task",

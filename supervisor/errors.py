@@ -14,7 +14,12 @@ never translated.
     ├── FailedPrecondition     wrong state: a task still exists, not started...
     ├── Unavailable            containerd is not serving (socket gone, refused, stream dropped)
     ├── Unimplemented          containerd or the runtime does not support the call
-    └── ContainerdError        any other status containerd returned (carries it)
+    ├── ContainerdError        any other status containerd returned (carries it)
+    └── ImageError             pulling, importing or reading an image failed
+        ├── DigestMismatch     a blob's bytes do not match its digest (or size)
+        ├── PlatformNotFound   the image has no manifest for the platform asked for
+        ├── RegistryAuthError  the registry refused our credentials or token
+        └── RegistryError      the registry failed a request, or cannot be reached
 """
 
 from __future__ import annotations
@@ -34,9 +39,14 @@ if TYPE_CHECKING:
 __all__ = (
     "AlreadyExists",
     "ContainerdError",
+    "DigestMismatch",
     "FailedPrecondition",
+    "ImageError",
     "InvalidArgument",
     "NotFound",
+    "PlatformNotFound",
+    "RegistryAuthError",
+    "RegistryError",
     "SupervisorError",
     "Unavailable",
     "Unimplemented",
@@ -84,6 +94,31 @@ class ContainerdError(SupervisorError):
         self.status = status
 
 
+class ImageError(SupervisorError):
+    """An image could not be pulled, imported, unpacked or read."""
+
+
+class DigestMismatch(ImageError):
+    """A blob's bytes (or size) do not match the digest that names it."""
+
+
+class PlatformNotFound(ImageError, LookupError):
+    """The image has no manifest for the requested platform."""
+
+
+class RegistryAuthError(ImageError, PermissionError):
+    """The registry (or its token server) refused us."""
+
+
+class RegistryError(ImageError):
+    """The registry failed a request or could not be reached; ``status`` is
+    its HTTP status when it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def one_line(text: str) -> str:
     """``text`` with its line breaks and other unprintable characters escaped
     (``\\n``, ``\\x00``): a message that quotes what someone typed stays one line."""
@@ -102,6 +137,13 @@ _BY_STATUS: dict[int, type[SupervisorError]] = {
     14: Unavailable,
     12: Unimplemented,
 }
+
+# A blob that does not match its digest is a FAILED_PRECONDITION for
+# containerd's content store (content/local/writer.go); it is ours to name.
+_PRECONDITION_BY_MESSAGE: tuple[tuple[str, type[SupervisorError]], ...] = (
+    ("unexpected commit digest", DigestMismatch),
+    ("unexpected commit size", DigestMismatch),
+)
 
 # containerd 1.6 returns some state errors as UNKNOWN; these messages say
 # what they are.
@@ -124,6 +166,8 @@ def from_status(code: int, message: str) -> SupervisorError:
     unknown code is UNKNOWN): as :func:`from_grpc`, which comes here; the CLI's
     own client, which does not use grpclib, calls this."""
     cls = _BY_STATUS.get(code)
+    if cls is FailedPrecondition:
+        cls = next((c for text, c in _PRECONDITION_BY_MESSAGE if text in message), cls)
     if cls is not None and message:
         return cls(message)
     from grpclib.const import Status

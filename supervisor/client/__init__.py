@@ -1,4 +1,5 @@
-"""Typed async client for containerd: containers, tasks, exec processes, stdio."""
+"""Typed async client for containerd: containers, tasks, exec processes, stdio;
+content, images, snapshots and leases."""
 
 from ._client import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._client import DEFAULT_FIFO_DIR as DEFAULT_FIFO_DIR
@@ -6,17 +7,31 @@ from ._client import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
 from ._client import DEFAULT_RUNTIME as DEFAULT_RUNTIME
 from ._client import Client as Client
 from ._client import Container as Container
+from ._content import ContentStore as ContentStore
 from ._ids import validate_id as validate_id
+from ._images import ImageStore as ImageStore
 from ._io import FifoIO as FifoIO
 from ._io import FifoReader as FifoReader
 from ._io import FifoWriter as FifoWriter
 from ._io import FileIO as FileIO
 from ._io import NullIO as NullIO
 from ._io import ProcessIO as ProcessIO
+from ._leases import LeaseInfo as LeaseInfo
+from ._leases import Leases as Leases
+from ._leases import Stores as Stores
+from ._snapshots import DEFAULT_SNAPSHOTTER as DEFAULT_SNAPSHOTTER
+from ._snapshots import Differ as Differ
+from ._snapshots import Snapshots as Snapshots
 from ._spec import DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES
 from ._spec import Mount as Mount
 from ._spec import oci_spec as oci_spec
 from ._spec import process_spec as process_spec
+from ._store_types import ContentInfo as ContentInfo
+from ._store_types import Descriptor as Descriptor
+from ._store_types import ImageRecord as ImageRecord
+from ._store_types import RootfsMount as RootfsMount
+from ._store_types import SnapshotInfo as SnapshotInfo
+from ._store_types import SnapshotKind as SnapshotKind
 from ._tasks import Process as Process
 from ._tasks import Task as Task
 from ._types import ContainerInfo as ContainerInfo
@@ -35,14 +50,23 @@ __all__ = (
     "DEFAULT_FIFO_DIR",
     "DEFAULT_NAMESPACE",
     "DEFAULT_RUNTIME",
+    "DEFAULT_SNAPSHOTTER",
     "Client",
     "Container",
     "ContainerInfo",
+    "ContentInfo",
+    "ContentStore",
+    "Descriptor",
+    "Differ",
     "ExitStatus",
     "FifoIO",
     "FifoReader",
     "FifoWriter",
     "FileIO",
+    "ImageRecord",
+    "ImageStore",
+    "LeaseInfo",
+    "Leases",
     "Mount",
     "NullIO",
     "Process",
@@ -50,8 +74,13 @@ __all__ = (
     "ProcessInfo",
     "ProcessState",
     "Resources",
+    "RootfsMount",
     "RuncOptions",
+    "SnapshotInfo",
+    "SnapshotKind",
+    "Snapshots",
     "Stats",
+    "Stores",
     "Task",
     "TaskStatus",
     "Version",

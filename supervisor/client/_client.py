@@ -3,7 +3,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -29,9 +30,14 @@ from ..errors import (
 )
 from . import _wire
 from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
+from ._content import ContentStore
 from ._ids import validate_id
+from ._images import ImageStore
 from ._io import FifoIO, NullIO, ProcessIO
+from ._leases import DEFAULT_LEASE_EXPIRY, Leases, Stores
 from ._listing import RawReply, decode_containers, decode_metrics, decode_tasks
+from ._snapshots import DEFAULT_SNAPSHOTTER, Differ, Snapshots
+from ._store_types import RootfsMount
 from ._tasks import Task
 from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
 
@@ -120,8 +126,10 @@ class Client:
         fifo_dir: str = DEFAULT_FIFO_DIR,
         runtime: str = DEFAULT_RUNTIME,
         containerd_state: tuple[str, str] | None = None,
+        snapshotter: str = DEFAULT_SNAPSHOTTER,
     ) -> None:
         self.address = _socket_path(address)
+        self.snapshotter = snapshotter
         self.containerd_state = containerd_state
         # Set once containerd was seen away: tasks may have been lost since.
         self.outage_seen = False
@@ -141,6 +149,7 @@ class Client:
         self._events_stub = events_pb.EventsStub(self._channel, metadata=metadata)
         self._version = version_pb.VersionStub(self._channel)
         self._health = health_pb.HealthStub(self._channel)
+        self._stores = Stores(self._channel, self.namespace, snapshotter=self.snapshotter)
         self._state = _State.OPEN
         return self
 
@@ -166,6 +175,47 @@ class Client:
     def new_fifo_io(self, name: str, *, stdin: bool = False, terminal: bool = False) -> FifoIO:
         """A FIFO set for one process in a private directory under ``fifo_dir``."""
         return FifoIO.create(self.fifo_dir, name, stdin=stdin, terminal=terminal)
+
+    # -- content, images, snapshots, leases -----------------------------------
+
+    @property
+    def stores(self) -> Stores:
+        """The content store, image records, snapshots and diff service of the
+        namespace, as one set (what :mod:`supervisor.images` works on)."""
+        self._check_open()
+        return self._stores
+
+    @property
+    def content(self) -> ContentStore:
+        """containerd's content store (blobs by digest) in this namespace."""
+        return self.stores.content
+
+    @property
+    def images(self) -> ImageStore:
+        """containerd's image records in this namespace."""
+        return self.stores.images
+
+    @property
+    def snapshots(self) -> Snapshots:
+        """The snapshots of the client's snapshotter (overlayfs by default)."""
+        return self.stores.snapshots
+
+    @property
+    def diff(self) -> Differ:
+        """containerd's diff service (applies layers onto mounts)."""
+        return self.stores.diff
+
+    @property
+    def leases(self) -> Leases:
+        """containerd's leases in this namespace."""
+        return self.stores.leases
+
+    def lease(
+        self, *, expire: timedelta | None = DEFAULT_LEASE_EXPIRY
+    ) -> contextlib.AbstractAsyncContextManager[Stores]:
+        """``async with client.lease() as stores:`` the store services with
+        every call under a new lease, deleted when the block ends."""
+        return self.stores.lease(expire=expire)
 
     # -- daemon --------------------------------------------------------------
 
@@ -200,10 +250,16 @@ class Client:
         labels: Mapping[str, str] | None = None,
         runtime: str | None = None,
         runtime_options: RuncOptions | None = None,
+        snapshot_key: str = "",
+        image: str = "",
     ) -> Container:
         """Create a container record from an OCI spec (see :func:`oci_spec`).
 
         A spec without ``linux.cgroupsPath`` gets ``/<namespace>/<id>``.
+        ``snapshot_key`` names the container's snapshot (of the client's
+        snapshotter), which the record then keeps from garbage collection; its
+        spec's ``root.path`` is then ``rootfs`` and the task gets the
+        snapshot's mounts (``new_task(rootfs=...)``). ``image`` is recorded.
         """
         self._check_open()
         validate_id(container_id, "container id")
@@ -226,6 +282,9 @@ class Client:
                 options=_wire.runc_options(runtime_options) if runtime_options else None,
             ),
             spec=_wire.pack_json(_wire.SPEC_TYPE_URL, spec),
+            image=image,
+            snapshotter=self.snapshotter if snapshot_key else "",
+            snapshot_key=snapshot_key,
         )
         with map_errors(f"create container {container_id}"):
             reply = await self._containers_stub.create(
@@ -366,12 +425,14 @@ class Container:
         *,
         restore_from: str | None = None,
         runtime_options: RuncOptions | None = None,
+        rootfs: Sequence[RootfsMount] = (),
     ) -> Task:
         """Create the container's task (its init process), not yet started.
 
         The task owns ``io`` from here on: it is closed when the task is
         deleted, or at once if creation fails. ``restore_from`` restores a
-        checkpoint written by :meth:`Task.checkpoint`.
+        checkpoint written by :meth:`Task.checkpoint`. ``rootfs`` are the
+        mounts of the container's snapshot (see :meth:`Client.create_container`).
         """
         io = io or NullIO()
         created = False
@@ -395,6 +456,7 @@ class Container:
                 stderr=io.stderr,
                 terminal=io.terminal,
                 options=options,
+                rootfs=[m.to_wire() for m in rootfs],
             )
             # Interrupting Create leaves containerd half-way (a bundle, maybe a
             # shim), so it runs to its end; a cancellation is honoured after.

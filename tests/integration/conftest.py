@@ -26,6 +26,8 @@ from supervisor.testing import (
 
 #: How long a shim may take to exit once its last task is deleted.
 SHIM_EXIT_TIMEOUT = 3.0
+#: Bound on removing the snapshots a test left, leaves first.
+SNAPSHOT_CLEANUP_TIMEOUT = 30.0
 
 
 def _missing() -> str | None:
@@ -79,6 +81,7 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
         leaks.append(f"container {info.id}")
         with contextlib.suppress(NotFound):
             await (await client.load_container(info.id)).delete()
+    leaks += await _image_leaks(client)
     if fifo_dir.is_dir():
         for entry in fifo_dir.iterdir():
             leaks.append(f"fifo dir {entry}")
@@ -92,6 +95,35 @@ async def leak_check(client: Client, containerd: ContainerdProcess, fifo_dir: Pa
     if bundles.is_dir():
         leaks += [f"task bundle {p}" for p in bundles.iterdir()]
     remove_namespace_dirs(client.namespace)
+    return leaks
+
+
+async def _image_leaks(client: Client) -> list[str]:
+    """Images and leases the test left, and the content and snapshots that
+    containerd's garbage collection keeps once those are gone; removes it all."""
+    leaks: list[str] = []
+    for image in await client.images.list():
+        leaks.append(f"image {image.name}")
+        await client.images.delete(image.name)
+    for lease in await client.leases.list():
+        leaks.append(f"lease {lease.id}")
+        await client.leases.delete(lease.id)
+    if not await client.content.list() and not await client.snapshots.list():
+        return leaks
+    await client.leases.collect_garbage()
+    for info in await client.content.list():
+        leaks.append(f"content {info.digest} {dict(info.labels)}")
+        with contextlib.suppress(NotFound):
+            await client.content.delete(info.digest)
+    with anyio.fail_after(SNAPSHOT_CLEANUP_TIMEOUT):
+        while snapshots := await client.snapshots.list():
+            # Leaves first: a snapshot with children cannot go.
+            parents = {s.parent for s in snapshots}
+            for snapshot in snapshots:
+                if snapshot.name not in parents:
+                    leaks.append(f"snapshot {snapshot.name} ({snapshot.kind.value})")
+                    with contextlib.suppress(NotFound):
+                        await client.snapshots.remove(snapshot.name)
     return leaks
 
 

@@ -8,6 +8,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from supervisor.errors import (
     AlreadyExists,
     ContainerdError,
+    DigestMismatch,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -40,6 +41,18 @@ def test_grpc_status_maps_to_class(status: Status, cls: type[SupervisorError]) -
 def test_unknown_status_with_known_message() -> None:
     with pytest.raises(FailedPrecondition), map_errors():
         raise GRPCError(Status.UNKNOWN, "failed to delete task: cannot delete a running process")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "unexpected commit digest sha256:aa, expected sha256:bb: failed precondition",
+        "unexpected commit size 3, expected 4: failed precondition",
+    ],
+)
+def test_content_store_mismatch_is_a_digest_error(message: str) -> None:
+    with pytest.raises(DigestMismatch, match="unexpected commit"), map_errors():
+        raise GRPCError(Status.FAILED_PRECONDITION, message)
 
 
 def test_containerd_error_keeps_status() -> None:
