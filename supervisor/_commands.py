@@ -72,6 +72,8 @@ def run_command(args: argparse.Namespace) -> int:
     on stderr and exit code 125 (126, 127 for a command that cannot be run or is
     not found). The verb's own checks raise SupervisorError (cli.main: 125)."""
     path = args.socket
+    if args.command == "login":
+        return login(args)
     if args.command == "exec" or (args.command == "run" and not args.detach):
         from ._attached import VERBS as ATTACHED
 
@@ -186,14 +188,25 @@ def command_of(args: argparse.Namespace) -> list[str]:
 def run_request(args: argparse.Namespace) -> Message:
     """The RunInput that starts ``run``'s container."""
     command = command_of(args)
+    image = ""
     if not args.rootfs:
-        raise SupervisorError("--rootfs DIR is needed (images are not supported yet)")
-    if not command:
+        if not command:
+            raise SupervisorError("an image is needed: supervisor run IMAGE [CMD...] "
+                                  "(or --rootfs DIR CMD...)")  # fmt: skip
+        image, command = command[0], command[1:]
+    elif not command:
         raise SupervisorError("a command is needed: supervisor run --rootfs DIR CMD [ARG...]")
+    if (args.entrypoint is not None or args.pull) and not image:
+        raise SupervisorError("--entrypoint and --pull apply to an image, not to --rootfs")
+    entrypoint = [args.entrypoint] if args.entrypoint else []
     definition = new(
         "Definition",
         id=args.name,
-        rootfs=os.path.abspath(args.rootfs),
+        rootfs=os.path.abspath(args.rootfs) if args.rootfs else "",
+        image=image,
+        pull=args.pull,
+        entrypoint=entrypoint,
+        has_entrypoint=args.entrypoint is not None,
         command=command,
         env=_pairs(args.env, "environment entry"),
         user=args.user,
@@ -232,10 +245,16 @@ def _info_dict(info: Message) -> dict[str, Any]:
         "oom_kills": info.oom_kills,
         "log_path": info.log_path,
         "problem": info.problem or None,
+        "image": info.image or None,
         "network": info.network or None,
         "address": info.address or None,
         "ports": list(info.ports),
     }
+
+
+def _short_image(name: str) -> str:
+    """An image as docker shows it: busybox:1.36 for docker.io/library/busybox:1.36."""
+    return name.removeprefix("docker.io/library/").removeprefix("docker.io/") or "-"
 
 
 def _ports_text(ports: Sequence[str]) -> str:
@@ -267,7 +286,7 @@ def _ps(channel: Channel, args: argparse.Namespace) -> int:
 
         print(json.dumps([_info_dict(c) for c in reply.containers], indent=2))
         return 0
-    rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "COMMAND")]
+    rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "IMAGE", "COMMAND")]
     for c in reply.containers:
         status = (
             f"exited ({c.exit_code})"
@@ -277,7 +296,7 @@ def _ps(channel: Channel, args: argparse.Namespace) -> int:
         if c.problem:
             status += " (!)"
         rows.append((c.id, status, str(c.pid or "-"), c.restart, str(c.restart_count),
-                     c.address or "-", _ports_text(c.ports) or "-",
+                     c.address or "-", _ports_text(c.ports) or "-", _short_image(c.image),
                      " ".join(c.command)[:40]))  # fmt: skip
     _print_table(rows)
     for c in reply.containers:
@@ -516,6 +535,124 @@ def _version(channel: Channel, args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull(channel: Channel, args: argparse.Namespace) -> int:
+    request = new("PullRequest", ref=args.ref, platform=args.platform)
+    show = None if args.quiet or not sys.stdout.isatty() else _Progress()
+    final = None
+    try:
+        for update in _stream(channel, "Pull", request, "PullProgress"):
+            if update.done_image:
+                final = update
+            elif show is not None:
+                show.update(update)
+    finally:
+        if show is not None:
+            show.close()
+    if final is None:
+        raise SupervisorError("the daemon ended the pull without an image")
+    print(final.image if args.quiet else f"{final.image} {final.image_digest}")
+    return 0
+
+
+class _Progress:
+    """One line per layer, redrawn in place on a terminal: status, bytes, rate."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[str, int, int, float, float]] = {}
+        self.drawn = 0
+
+    def update(self, update: Message) -> None:
+        now = time.monotonic()
+        began = self.layers.get(update.digest, ("", 0, 0, now, now))[3]
+        self.layers[update.digest] = (update.status, update.done, update.total, began, now)
+        lines = []
+        for digest, (status, done, total, start, last) in self.layers.items():
+            rate = done / (last - start) if last > start else 0.0
+            size = f"{_human(done)}/{_human(total)}" if total else _human(done)
+            lines.append(f"{digest.removeprefix('sha256:')[:12]}: {status:<11} {size:<20} "
+                         f"{_human(rate)}/s")  # fmt: skip
+        out = "\x1b[F" * self.drawn + "".join(f"\x1b[2K{line}\n" for line in lines)
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        self.drawn = len(lines)
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
+def _images(channel: Channel, args: argparse.Namespace) -> int:
+    reply = _unary(channel, "ImageList", new("ImageListRequest"), "ImageListResponse")
+    if args.quiet:
+        for image in reply.images:
+            print(image.name)
+        return 0
+    if args.json:
+        import json
+
+        print(json.dumps([{
+            "name": i.name, "digest": i.digest, "size": i.size,
+            "created": _iso(i.created_unix_nanos), "containers": list(i.containers),
+        } for i in reply.images], indent=2))  # fmt: skip
+        return 0
+    rows = [("IMAGE", "DIGEST", "SIZE", "CREATED", "CONTAINERS")]
+    for i in reply.images:
+        created = _iso(i.created_unix_nanos) or "-"
+        rows.append((_short_image(i.name), i.digest.removeprefix("sha256:")[:12],
+                     _human(i.size), created[:19], str(len(i.containers))))  # fmt: skip
+    _print_table(rows)
+    return 0
+
+
+def _rmi(channel: Channel, args: argparse.Namespace) -> int:
+    failed = False
+    for ref in args.refs:
+        request = new("ImageRemoveRequest", ref=ref, force=args.force)
+        try:
+            _unary(channel, "ImageRemove", request, "ImageRemoveResponse")
+        except _Failed as exc:
+            print(one_line(f"supervisor {args.command}: {exc.error}"), file=sys.stderr)
+            failed = True
+            continue
+        print(ref)
+    return CLI_ERROR if failed else 0
+
+
+def _image(channel: Channel, args: argparse.Namespace) -> int:
+    verb = args.image_command
+    if verb == "pull":
+        return _pull(channel, args)
+    if verb == "ls":
+        return _images(channel, args)
+    if verb == "rm":
+        return _rmi(channel, args)
+    if verb == "prune":
+        reply = _unary(channel, "ImagePrune", new("ImagePruneRequest"), "ImagePruneResponse")
+        for name in reply.removed:
+            print(name)
+        return 0
+    if verb == "import":
+        request = new("ImageImportRequest", path=os.path.abspath(args.file))
+        reply = _unary(channel, "ImageImport", request, "ImageImportResponse", timeout=None)
+        for name in reply.names:
+            print(name)
+        return 0
+    request = new("ImageSaveRequest", ref=args.ref, path=os.path.abspath(args.output))
+    _unary(channel, "ImageSave", request, "ImageSaveResponse", timeout=None)
+    return 0
+
+
+def login(args: argparse.Namespace) -> int:
+    """Store a registry's credentials where the daemon's pulls read them."""
+    from .images._auth import Credentials, save_credentials
+
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise SupervisorError("no password on stdin")
+    path = save_credentials(args.registry, Credentials(args.username, password), args.config)
+    print(f"credentials for {args.registry} saved in {path}")
+    return 0
+
+
 def _network_dict(info: Message) -> dict[str, Any]:
     return {
         "name": info.name,
@@ -561,6 +698,10 @@ def _network(channel: Channel, args: argparse.Namespace) -> int:
 
 
 VERBS: dict[str, Callable[[Channel, argparse.Namespace], int]] = {
+    "pull": _pull,
+    "images": _images,
+    "rmi": _rmi,
+    "image": _image,
     "network": _network,
     "run": _run,
     "ps": _ps,

@@ -108,7 +108,15 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", default="", help="working directory")
     p.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
-    p.add_argument("--rootfs", help="the container's root directory (needed for now)")
+    p.add_argument("--rootfs", help="a root directory to run instead of an image")
+    p.add_argument("--entrypoint", help="run this instead of the image's entrypoint")
+    p.add_argument(
+        "--pull",
+        choices=("missing", "always", "never"),
+        default="",
+        help="when to pull the image (default: missing)",
+    )
+    p.add_argument("--platform", default="", help=argparse.SUPPRESS)
     p.add_argument("--stop-signal", default="SIGTERM")
     p.add_argument("--stop-timeout", type=float, default=10.0)
     p.add_argument("-l", "--label", action="append", default=[], metavar="K=V")
@@ -129,7 +137,54 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sig-proxy", default=True, action=argparse.BooleanOptionalAction,
                    help="pass signals (Ctrl-C) to the container when attached")  # fmt: skip
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+    p.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="IMAGE [CMD...]",
+        help="the image (unless --rootfs), then the command and its arguments",
+    )
+
+
+def _pull_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image's name")
+    p.add_argument("--platform", default="", help="os/arch[/variant] (default: this machine's)")
+    p.add_argument("ref", metavar="IMAGE")
+
+
+def _images_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="names only")
+    p.add_argument("--json", action="store_true", help="one JSON array")
+
+
+def _rmi_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="even if containers use them")
+    p.add_argument("refs", nargs="+", metavar="IMAGE")
+
+
+def _image_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="image_command", required=True, metavar="COMMAND",
+                           parser_class=_Parser, prog="supervisor image")  # fmt: skip
+    _pull_arguments(sub.add_parser("pull", help="pull an image from a registry"))
+    _images_arguments(sub.add_parser("ls", help="list images"))
+    _rmi_arguments(sub.add_parser("rm", help="remove images"))
+    sub.add_parser("prune", help="remove the images no container uses")
+    imported = sub.add_parser("import", help="import an OCI or docker-save archive")
+    imported.add_argument("file")
+    saved = sub.add_parser("save", help="save an image as an OCI archive")
+    saved.add_argument("-o", "--output", required=True, help="the archive to write")
+    saved.add_argument("ref", metavar="IMAGE")
+
+
+def _login_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--username", required=True)
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from stdin (the only way: never in argv)",
+    )
+    p.add_argument("--config", help="the docker-style config.json (default: root's)")
+    p.add_argument("registry", help="a registry host, e.g. registry.example.com:5000")
 
 
 def _ps_arguments(p: argparse.ArgumentParser) -> None:
@@ -240,10 +295,11 @@ def _parser() -> argparse.ArgumentParser:
     ) -> None:
         sub.add_parser(name, help=help, description=description or help, arguments=arguments)
 
-    cmd("run", "create and start a container", _run_arguments, "Create a container from a "
-        "rootfs and start it; without -d, stream its output and exit with its exit code (125: "
-        "the CLI or the daemon failed, 126: the command cannot be run, 127: it is not "
-        "found). Ctrl-C is passed to the container; a second one detaches.")  # fmt: skip
+    cmd("run", "create and start a container", _run_arguments, "Create a container from an "
+        "image (pulled if missing) or a rootfs directory and start it; without -d, stream "
+        "its output and exit with its exit code (125: the CLI or the daemon failed, 126: "
+        "the command cannot be run, 127: it is not found). Ctrl-C is passed to the "
+        "container; a second one detaches.")  # fmt: skip
     cmd("ps", "list containers", _ps_arguments)
     cmd("inspect", "show containers as JSON", _ids)
     cmd("logs", "show a container's output (its JSON-lines log)", _logs_arguments)
@@ -262,6 +318,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd("apply", "create or replace the containers of a definitions directory", _apply_arguments)
     cmd("reload", "apply the daemon's definitions directory again (as SIGHUP does)",
         _no_arguments)  # fmt: skip
+    cmd("pull", "pull an image from a registry", _pull_arguments)
+    cmd("images", "list images", _images_arguments)
+    cmd("rmi", "remove images (refused while containers use them, unless -f)", _rmi_arguments)
+    cmd("image", "pull, list, remove, prune, import and save images", _image_arguments)
+    cmd("login", "store a registry's credentials for pulls (root's config.json)",
+        _login_arguments)  # fmt: skip
     cmd("network", "create, list, inspect and remove networks", _network_arguments,
         "Bridge networks: containers on one reach each other (by name on a network you "
         "create), the outside through NAT, and not the containers of another network.")  # fmt: skip

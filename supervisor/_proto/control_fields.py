@@ -36,6 +36,7 @@ MESSAGES = {
         ('network', 20, 'string', False, ''),
         ('address', 21, 'string', False, ''),
         ('ports', 22, 'string', True, ''),
+        ('image', 23, 'string', False, ''),
     ),
     'ContainerRef': (
         ('id', 1, 'string', False, ''),
@@ -59,6 +60,10 @@ MESSAGES = {
         ('mounts', 16, 'message:Mount', True, ''),
         ('network', 17, 'string', False, ''),
         ('ports', 18, 'string', True, ''),
+        ('image', 19, 'string', False, ''),
+        ('pull', 20, 'string', False, ''),
+        ('entrypoint', 21, 'string', True, ''),
+        ('has_entrypoint', 22, 'bool', False, ''),
     ),
     'Event': (
         ('container_id', 2, 'string', False, ''),
@@ -91,6 +96,41 @@ MESSAGES = {
         ('user', 6, 'string', False, ''),
         ('cwd', 7, 'string', False, ''),
         ('size', 8, 'message:Resize', False, ''),
+    ),
+    'ImageImportRequest': (
+        ('path', 1, 'string', False, ''),
+    ),
+    'ImageImportResponse': (
+        ('names', 1, 'string', True, ''),
+    ),
+    'ImageInfo': (
+        ('name', 1, 'string', False, ''),
+        ('digest', 2, 'string', False, ''),
+        ('size', 3, 'uint64', False, ''),
+        ('created_unix_nanos', 4, 'int64', False, ''),
+        ('containers', 5, 'string', True, ''),
+    ),
+    'ImageListRequest': (
+    ),
+    'ImageListResponse': (
+        ('images', 1, 'message:ImageInfo', True, ''),
+    ),
+    'ImagePruneRequest': (
+    ),
+    'ImagePruneResponse': (
+        ('removed', 1, 'string', True, ''),
+    ),
+    'ImageRemoveRequest': (
+        ('ref', 1, 'string', False, ''),
+        ('force', 2, 'bool', False, ''),
+    ),
+    'ImageRemoveResponse': (
+    ),
+    'ImageSaveRequest': (
+        ('ref', 1, 'string', False, ''),
+        ('path', 2, 'string', False, ''),
+    ),
+    'ImageSaveResponse': (
     ),
     'KillRequest': (
         ('id', 1, 'string', False, ''),
@@ -146,6 +186,19 @@ MESSAGES = {
         ('name', 1, 'string', False, ''),
     ),
     'NetworkRemoveResponse': (
+    ),
+    'PullProgress': (
+        ('digest', 1, 'string', False, ''),
+        ('status', 2, 'string', False, ''),
+        ('done', 3, 'uint64', False, ''),
+        ('total', 4, 'uint64', False, ''),
+        ('image', 5, 'string', False, ''),
+        ('image_digest', 6, 'string', False, ''),
+        ('done_image', 7, 'bool', False, ''),
+    ),
+    'PullRequest': (
+        ('ref', 1, 'string', False, ''),
+        ('platform', 2, 'string', False, ''),
     ),
     'ReloadRequest': (
     ),

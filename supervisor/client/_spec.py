@@ -12,6 +12,9 @@ from ..errors import InvalidArgument
 from ._rootfs import read_in_root
 
 OCI_VERSION = "1.0.2"
+#: The ``rootfs`` of a container whose root is a snapshot: the task's rootfs
+#: mounts, made by the shim in the bundle (``root.path`` relative to it).
+IMAGE_ROOTFS = "rootfs"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: Docker's default capability set.
@@ -222,7 +225,8 @@ def oci_spec(
     nofile: int = 1024,
     capabilities: Sequence[str] = DEFAULT_CAPABILITIES,
 ) -> dict[str, Any]:
-    """Build an OCI runtime spec for ``args`` running in the ``rootfs`` directory.
+    """Build an OCI runtime spec for ``args`` running in the ``rootfs`` directory
+    (or, given :data:`IMAGE_ROOTFS`, on the mounts of the container's snapshot).
 
     New pid, ipc, uts, mount and network namespaces (``host_network`` keeps the
     host's, ``netns_path`` joins an existing one); Docker's capabilities, masked
@@ -233,17 +237,18 @@ def oci_spec(
     in async code, build the spec in a thread.
     """
     root = Path(rootfs)
-    if not root.is_absolute():
+    snapshot = str(rootfs) == IMAGE_ROOTFS
+    if not snapshot and not root.is_absolute():
         raise InvalidArgument(f"rootfs {str(root)!r} must be an absolute path")
     try:
-        is_dir = root.is_dir()
+        is_dir = snapshot or root.is_dir()
     except OSError as exc:  # a name too long, a loop of links
         raise InvalidArgument(f"rootfs {str(root)!r}: {exc.strerror or exc}") from None
     if not is_dir:
         raise InvalidArgument(f"rootfs {str(root)!r} is not a directory")
     process = process_spec(
         args, env=env, cwd=cwd, user=user, terminal=terminal,
-        capabilities=capabilities, nofile=nofile, rootfs=root,
+        capabilities=capabilities, nofile=nofile, rootfs=None if snapshot else root,
     )  # fmt: skip
 
     resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}

@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,9 +51,11 @@ from ._definitions import (
     MAX_CPUS,
     MAX_PIDS,
     MIN_CPUS,
+    PULL_POLICIES,
     ContainerDefinition,
     directory_problem,
 )
+from ._images import normalize_image
 from ._labels import (
     COMMAND,
     EXIT_CODE,
@@ -166,15 +169,15 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             task = await client.process_state(cid)
         except NotFound:
             task = None
-        return self._info_of(cid, container.info.labels, task)
+        return self._info_of(cid, container.info.labels, task, container.info.image)
 
     def _info_of(
-        self, cid: str, labels: Mapping[str, str], task: ProcessState | None
+        self, cid: str, labels: Mapping[str, str], task: ProcessState | None, image: str = ""
     ) -> pb.ContainerInfo:
-        return pb.ContainerInfo(**self._info_fields(cid, labels, task))
+        return pb.ContainerInfo(**self._info_fields(cid, labels, task, image))
 
     def _info_fields(
-        self, cid: str, labels: Mapping[str, str], task: ProcessState | None
+        self, cid: str, labels: Mapping[str, str], task: ProcessState | None, image: str = ""
     ) -> dict[str, Any]:
         state = lenient_state(labels)
         status, pid = "stopped", 0
@@ -200,6 +203,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             oom_kills=state.oom_kills,
             log_path=labels.get(LOG_PATH, ""),
             problem=self.daemon.problems.get(cid, ""),
+            image=image,
             **self._network_fields(cid, labels),
         )
 
@@ -238,7 +242,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         infos = []
         for container in sorted(containers, key=lambda c: c.id):
             if container.id in known:
-                fields = self._info_fields(container.id, container.labels, tasks.get(container.id))
+                fields = self._info_fields(
+                    container.id, container.labels, tasks.get(container.id), container.image
+                )
                 if message.all or fields["status"] in ("running", "paused", "created"):
                     infos.append(new_message("ContainerInfo", **fields))
         # Encoded by the CLI's codec: betterproto2 took ~0.2 ms a container here.
@@ -373,6 +379,105 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         )
         await self._add_network_stats([reply])
         return reply
+
+    # -- images --------------------------------------------------------------------
+
+    async def pull(self, message: pb.PullRequest) -> AsyncIterator[pb.PullProgress]:
+        """Pull an image, streaming each layer's progress (at most every 0.2 s
+        a layer), then the image's name and digest."""
+        from ..images import Platform, PullProgress, normalize, pull
+
+        with _status():
+            name = normalize(message.ref)
+            platform = Platform.parse(message.platform) if message.platform else None
+        send, receive = anyio.create_memory_object_stream[pb.PullProgress](PULL_QUEUE)
+        last: dict[str, float] = {}
+
+        def progress(update: PullProgress) -> None:
+            now = time.monotonic()
+            final = update.status.value in ("done", "exists")
+            if not final and now - last.get(update.digest, 0.0) < PULL_PROGRESS_INTERVAL:
+                return
+            last[update.digest] = now
+            with contextlib.suppress(anyio.WouldBlock):  # a slow client misses some
+                send.send_nowait(pb.PullProgress(
+                    digest=update.digest, status=update.status.value,
+                    done=update.done, total=update.total,
+                ))  # fmt: skip
+
+        async def run() -> None:
+            async with send:
+                image = await pull(self.daemon.client, name, platform=platform,
+                                   progress=progress)  # fmt: skip
+                await send.send(pb.PullProgress(image=image.name, image_digest=image.digest,
+                                                done_image=True))  # fmt: skip
+
+        with _status():
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(run)
+                async for update in receive:
+                    yield update
+
+    async def image_list(self, message: pb.ImageListRequest) -> pb.ImageListResponse:
+        from ..images import list_images
+
+        with _status():
+            images = await list_images(self.daemon.client)
+            users = await self._image_users()
+        return pb.ImageListResponse(images=[
+            pb.ImageInfo(name=i.name, digest=i.digest, size=i.size,
+                         created_unix_nanos=_unix_nanos(i.created_at),
+                         containers=sorted(users.get(i.name, ())))
+            for i in images
+        ])  # fmt: skip
+
+    async def _image_users(self) -> dict[str, set[str]]:
+        users: dict[str, set[str]] = {}
+        for info in await self.daemon.client.list_containers():
+            if info.image:
+                users.setdefault(info.image, set()).add(info.id)
+        return users
+
+    async def image_remove(self, message: pb.ImageRemoveRequest) -> pb.ImageRemoveResponse:
+        from ..images import normalize, remove_image
+
+        with _status():
+            name = normalize(message.ref)
+            users = (await self._image_users()).get(name)
+            if users and not message.force:
+                raise FailedPrecondition(
+                    f"image {name} is used by {', '.join(sorted(users)[:10])}; "
+                    "remove them first or use --force"
+                )
+            await remove_image(self.daemon.client, name, sync=True)
+        return pb.ImageRemoveResponse()
+
+    async def image_prune(self, message: pb.ImagePruneRequest) -> pb.ImagePruneResponse:
+        from ..images import prune_images
+
+        with _status():
+            removed = await prune_images(self.daemon.client, sync=True)
+        return pb.ImagePruneResponse(removed=removed)
+
+    async def image_import(self, message: pb.ImageImportRequest) -> pb.ImageImportResponse:
+        from ..images import import_archive
+
+        with _status():
+            path = Path(message.path)
+            if not path.is_absolute():
+                raise InvalidArgument(f"{message.path!r} must be an absolute path")
+            images = await import_archive(self.daemon.client, path)
+        return pb.ImageImportResponse(names=[i.name for i in images])
+
+    async def image_save(self, message: pb.ImageSaveRequest) -> pb.ImageSaveResponse:
+        from ..images import save
+
+        with _status():
+            path = Path(message.path)
+            if not path.is_absolute():
+                raise InvalidArgument(f"{message.path!r} must be an absolute path")
+            await save(self.daemon.client, message.ref, path)
+        return pb.ImageSaveResponse()
 
     # -- networks ------------------------------------------------------------------
 
@@ -709,6 +814,10 @@ class _Taken:
         return any(cid in s for s in self._sets)
 
 
+#: Progress updates queued for a pull's client; a slower one misses some.
+PULL_QUEUE = 256
+#: The most often one layer's progress is sent.
+PULL_PROGRESS_INTERVAL = 0.2
 #: How long an attached `run --rm` waits for its container's removal after the exit.
 REMOVE_WAIT = 60.0
 
@@ -725,13 +834,19 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
     """The definition of a Run, checked as a definition file's would be (what
     the OCI spec checks is left to it). Zero values mean the defaults."""
     validate_id(d.id, "container id")
-    if not d.rootfs:
-        raise InvalidArgument("a rootfs directory is needed (--rootfs)")
+    if d.image and d.rootfs:
+        raise InvalidArgument("give either an image or a rootfs, not both")
+    if not d.rootfs and not d.image:
+        raise InvalidArgument("an image or a rootfs directory (--rootfs) is needed")
     problem = directory_problem(Path(d.rootfs)) if d.rootfs.startswith("/") else None
     if problem:
         raise InvalidArgument(f"rootfs {problem}")
-    if not d.command:
+    if not d.command and not d.image:
         raise InvalidArgument("a command is needed")
+    if d.pull and d.pull not in PULL_POLICIES:
+        raise InvalidArgument(f"pull must be one of {', '.join(PULL_POLICIES)}, not {d.pull!r}")
+    if d.has_entrypoint and d.entrypoint and not d.entrypoint[0]:
+        raise InvalidArgument("the entrypoint must not start with an empty string")
     if any(key.startswith(PREFIX) for key in d.labels):
         raise InvalidArgument(f"labels under {PREFIX} are the daemon's own")
     if any(not name or "=" in name or "\0" in name for name in d.env):
@@ -744,9 +859,15 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
         Mode.parse(d.network)
     if d.pids > MAX_PIDS:
         raise InvalidArgument(f"pids must be at most {MAX_PIDS} (the kernel's limit), not {d.pids}")
+    given = {"command": bool(d.command), "user": bool(d.user), "cwd": bool(d.cwd),
+             "stop_signal": bool(d.stop_signal)}  # fmt: skip
     return ContainerDefinition(
         id=d.id,
-        rootfs=Path(d.rootfs),
+        rootfs=Path(d.rootfs) if d.rootfs else None,
+        image=normalize_image(d.image) if d.image else "",
+        pull=d.pull or "missing",
+        entrypoint=tuple(d.entrypoint) if d.has_entrypoint else None,
+        explicit=frozenset(key for key, was in given.items() if was),
         command=tuple(d.command),
         env=dict(d.env),
         user=d.user or "0:0",

@@ -27,7 +27,7 @@ import anyio
 
 from .._supervisor import Supervisor
 from ..client import ContainerInfo
-from ..errors import AlreadyExists, SupervisorError, Unavailable
+from ..errors import AlreadyExists, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
@@ -456,16 +456,12 @@ class Daemon(Keeper):
         containerd refused it (reported), None when it should be tried again."""
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
+            image = await self.image_for(definition)
             with anyio.fail_after(OPERATION_TIMEOUT):
                 async with self._lock(definition.id):
-                    spec = await self.prepare(definition)
-                    try:
-                        await self.client.create_container(definition.id, spec, labels=labels)
-                    except BaseException:
-                        await self.release_network(definition.id)
-                        raise
+                    await self.make(definition, labels, image)
                     self.definitions[definition.id] = definition
-        except (Unavailable, TimeoutError, AlreadyExists) as exc:
+        except (Unavailable, TimeoutError, AlreadyExists, RegistryError, OSError) as exc:
             log.warning("cannot create %s yet (%s); retrying", definition.id, exc)
             return None
         except SupervisorError as exc:

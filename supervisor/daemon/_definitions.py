@@ -3,8 +3,11 @@
 ::
 
     id = "web"                          # default: the file name without .toml
-    rootfs = "/srv/rootfs/web"          # absolute, an existing directory
-    command = ["/bin/httpd", "-f"]
+    rootfs = "/srv/rootfs/web"          # absolute, an existing directory; or:
+    image = "busybox:1.36"              # an image (pulled when missing), not with rootfs
+    pull = "missing"                    # missing | always | never
+    entrypoint = ["/bin/sh", "-c"]      # with an image: instead of the image's
+    command = ["/bin/httpd", "-f"]      # with an image: instead of its cmd (optional)
     user = "0:0"                        # uid[:gid] or name[:group] from the rootfs
     cwd = "/"
     restart = "on-failure:5"            # no, always, on-failure[:N], unless-stopped
@@ -42,10 +45,12 @@ from types import MappingProxyType
 from typing import Any
 
 from ..client import Mount, oci_spec, validate_id
+from ..client._spec import IMAGE_ROOTFS
 from ..errors import InvalidArgument, SupervisorError
 from ..net import Mode, PortMapping, parse_port
 from ..net._ports import check_ports
 from ._config import _Invalid, _located, _read_toml, _Table, _Unreadable
+from ._images import normalize_image
 from ._policy import RestartPolicy
 
 __all__ = (
@@ -63,6 +68,9 @@ __all__ = (
 _KEYS = (
     "id",
     "rootfs",
+    "image",
+    "pull",
+    "entrypoint",
     "command",
     "env",
     "user",
@@ -88,6 +96,9 @@ MAX_CPUS = 8192.0
 ENV_NAME_RULE = "an environment variable name must be non-empty, without '=' or NUL"
 #: The most ``pids`` the kernel takes (PID_MAX_LIMIT, 2**22).
 MAX_PIDS = 4_194_304
+PULL_POLICIES = ("missing", "always", "never")
+#: What an image's config gives unless the definition says otherwise.
+IMAGE_DEFAULTS = ("command", "user", "cwd", "stop_signal")
 
 
 class DefinitionError(SupervisorError, ValueError):
@@ -112,7 +123,8 @@ class ContainerDefinition:
     """One container the daemon keeps running, as read from ``source``."""
 
     id: str
-    rootfs: Path
+    #: A directory, or None with ``image``.
+    rootfs: Path | None
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=_frozen, hash=False)
     user: str = "0:0"
@@ -129,12 +141,21 @@ class ContainerDefinition:
     #: None: the daemon's default network when the container is made.
     network: str | None = None
     ports: tuple[PortMapping, ...] = ()
+    #: An image reference (instead of ``rootfs``), its pull policy, and an
+    #: entrypoint to run instead of the image's.
+    image: str = ""
+    pull: str = "missing"
+    entrypoint: tuple[str, ...] | None = None
+    #: Which of IMAGE_DEFAULTS the definition gave (the others come from the image).
+    explicit: frozenset[str] = field(default=frozenset(IMAGE_DEFAULTS), compare=False)
     source: Path
 
     def spec(self) -> dict[str, Any]:
-        """The OCI runtime spec; raises :class:`InvalidArgument` if it is unsound."""
+        """The OCI runtime spec; raises :class:`InvalidArgument` if it is unsound.
+        For an image, the definition as :func:`with_image` made it, and the
+        user given by number (names are looked up in the container's rootfs)."""
         return oci_spec(
-            self.rootfs,
+            self.rootfs if self.rootfs is not None else IMAGE_ROOTFS,
             self.command,
             env=self.env,
             cwd=self.cwd,
@@ -155,7 +176,7 @@ class ContainerDefinition:
         """
         canonical: dict[str, Any] = {}
         for item in fields(self):
-            if item.name == "source":
+            if item.name in ("source", "explicit"):
                 continue
             value = getattr(self, item.name)
             if item.default is not MISSING:
@@ -195,6 +216,8 @@ def load_definition(path: Path) -> ContainerDefinition:
         raise DefinitionError(path, exc.key, exc.message) from None
     except _Unreadable as exc:
         raise DefinitionError(path, "", exc.message) from exc.__cause__
+    if definition.image:
+        return definition  # its spec needs the image's config: checked when it is made
     try:
         definition.spec()
     except InvalidArgument as exc:
@@ -247,10 +270,11 @@ def load_definitions(
 
 def _parse(data: dict[str, Any], path: Path) -> ContainerDefinition:
     table = _Table(data, _KEYS)
+    image = _image(table)
     return ContainerDefinition(
         id=_id(table, path),
-        rootfs=_rootfs(table),
-        command=_command(table),
+        rootfs=None if image else _rootfs(table),
+        command=_command(table, required=not image),
         env=_frozen(_env(table)),
         user=_user(table),
         cwd=_cwd(table),
@@ -265,8 +289,44 @@ def _parse(data: dict[str, Any], path: Path) -> ContainerDefinition:
         terminal=table.boolean("terminal", False),
         network=_network(table),
         ports=_ports(table),
+        image=image,
+        pull=_pull(table, image),
+        entrypoint=_entrypoint(table, image),
+        explicit=frozenset(key for key in IMAGE_DEFAULTS if table.has(key)),
         source=path,
     )
+
+
+def _image(table: _Table) -> str:
+    image = table.string("image", "")
+    if not image:
+        if table.has("image"):
+            table.fail("image", "must not be empty")
+        return ""
+    if table.has("rootfs"):
+        table.fail("image", "give either an image or a rootfs, not both")
+    try:
+        return normalize_image(image)
+    except InvalidArgument as exc:
+        table.fail("image", str(exc))
+
+
+def _pull(table: _Table, image: str) -> str:
+    value = table.string("pull", "missing")
+    if value not in PULL_POLICIES:
+        table.fail("pull", f"must be one of {', '.join(PULL_POLICIES)}, not {value!r}")
+    if table.has("pull") and not image:
+        table.fail("pull", "only applies to an image")
+    return value
+
+
+def _entrypoint(table: _Table, image: str) -> tuple[str, ...] | None:
+    value = table.strings("entrypoint")
+    if value is not None and not image:
+        table.fail("entrypoint", "only applies to an image (put it in command)")
+    if value is not None and value and not value[0]:
+        table.fail("entrypoint", "must not start with an empty string")
+    return None if value is None else tuple(value)
 
 
 def _network(table: _Table) -> str | None:
@@ -300,7 +360,7 @@ def _id(table: _Table, path: Path) -> str:
 def _rootfs(table: _Table) -> Path:
     rootfs = table.absolute_path("rootfs", None)
     if rootfs is None:
-        table.fail("rootfs", "is required")
+        table.fail("rootfs", "is required (or an image)")
     problem = directory_problem(rootfs)
     if problem:
         table.fail("rootfs", problem)
@@ -318,9 +378,11 @@ def directory_problem(path: Path) -> str | None:
     return f"{str(path)!r} is not a directory"
 
 
-def _command(table: _Table) -> tuple[str, ...]:
+def _command(table: _Table, *, required: bool = True) -> tuple[str, ...]:
     command = table.strings("command")
     if command is None:
+        if not required:
+            return ()
         table.fail("command", "is required")
     if not command or not command[0]:
         table.fail("command", "must be a non-empty array of strings with a non-empty first")

@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ..client import (
     NullIO,
     ProcessIO,
     ProcessState,
+    RootfsMount,
+    Stores,
     Task,
     TaskStatus,
 )
@@ -43,9 +46,11 @@ from ..errors import (
     Unavailable,
 )
 from ..events import PipelineStats
+from ..images import Image, prepare_rootfs, remove_rootfs, rootfs_mounts
 from ..net import Attachment, Mode, NetworkManager
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
+from ._images import Pulls, lookup_user, with_image
 from ._labels import (
     COMMAND,
     DEFINITION_FILE,
@@ -128,6 +133,7 @@ class Keeper:
             pool=config.network_pool,
             plugin_dirs=config.cni_path,
         )
+        self.pulls = Pulls()
         #: Held while networks are made or removed (not while containers join them).
         self.network_lock = anyio.Lock()
         self._stopping = False
@@ -148,7 +154,7 @@ class Keeper:
             SOURCE: source,
             DEFINITION_FILE: str(definition.source),
             COMMAND: json.dumps(list(definition.command)),
-            ROOTFS: str(definition.rootfs),
+            ROOTFS: str(definition.rootfs or ""),
             HASH: definition.definition_hash(),
             POLICY: str(definition.restart),
             STOP_SIGNAL: str(int(definition.stop_signal)),
@@ -162,30 +168,76 @@ class Keeper:
     def network_mode(self, definition: ContainerDefinition) -> Mode:
         return Mode.parse(definition.network or self.config.default_network)
 
-    async def prepare(self, definition: ContainerDefinition) -> dict[str, Any]:
-        """A new container's spec, its network checked and recorded (its ports
-        are then taken). Undo with :meth:`release_network` if it is not made."""
+    async def image_for(self, definition: ContainerDefinition) -> Image | None:
+        """The image a new container needs, pulled as its policy says (this
+        may take long: outside any container's lock)."""
+        if not definition.image:
+            return None
+        return await self.pulls.ensure(self.client, definition.image, definition.pull)
+
+    async def make(
+        self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
+    ) -> Container:
+        """Make a new container: its network checked and recorded (its ports
+        taken), its own snapshot on the image, its spec, its record. Nothing
+        is left when it fails."""
         cid = definition.id
         if cid in self.net.attachments:
-            # Left by a create that did not finish (the container is not
-            # there: callers create only what does not exist).
+            # Left by a create that did not finish (callers make only what
+            # does not exist: make sure).
             with contextlib.suppress(NotFound):
                 await self.client.load_container(cid)
                 raise AlreadyExists(f"container {cid} already exists")
             await self.net.release(cid)
-        spec = await anyio.to_thread.run_sync(definition.spec)  # reads the rootfs
+        effective = definition if image is None else with_image(definition, image.config)
         attachment = self.net.reserve(cid, self.network_mode(definition), definition.ports)
-        self.net.configure_spec(spec, attachment)
-        return spec
+        try:
+            if image is None:
+                spec = await anyio.to_thread.run_sync(effective.spec)  # reads the rootfs
+                self.net.configure_spec(spec, attachment)
+                return await self.client.create_container(cid, spec, labels=labels)
+            labels = {**labels, COMMAND: json.dumps(list(effective.command)), ROOTFS: ""}
+            # Under one lease: the snapshot is kept from garbage collection
+            # until the record that holds it exists.
+            async with self.client.lease() as leased:
+                mounts = await self._prepare_rootfs(leased, cid, image)
+                try:
+                    user = await anyio.to_thread.run_sync(lookup_user, mounts, effective.user)
+                    spec = replace(effective, user=user).spec()
+                    self.net.configure_spec(spec, attachment)
+                    return await self.client.create_container(
+                        cid, spec, labels=labels, snapshot_key=cid, image=image.name
+                    )
+                except BaseException:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                        await remove_rootfs(leased, cid)
+                    raise
+        except BaseException:
+            await self.release(cid, snapshot=False)
+            raise
 
-    async def release_network(self, cid: str) -> None:
-        """Release a container's network once the container is gone; a
-        failure is logged (the sweep at the next start tries again)."""
+    async def _prepare_rootfs(self, leased: Stores, cid: str, image: Image) -> list[RootfsMount]:
+        try:
+            return await prepare_rootfs(leased, cid, image)
+        except AlreadyExists:
+            # A snapshot left by a create that did not finish, if no container holds it.
+            with contextlib.suppress(NotFound):
+                await self.client.load_container(cid)
+                raise
+            await remove_rootfs(leased, cid)
+            return await prepare_rootfs(leased, cid, image)
+
+    async def release(self, cid: str, *, snapshot: bool = True) -> None:
+        """Release what a container had besides its record, once it is gone:
+        its network, its snapshot. A failure is logged (the sweep at the next
+        start tries again)."""
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(OPERATION_TIMEOUT):
                 await self.net.release(cid)
+                if snapshot:
+                    await remove_rootfs(self.client, cid)
         except (SupervisorError, OSError, TimeoutError) as exc:
-            log.error("cannot release the network of %s: %s", cid, exc)
+            log.error("cannot release the network or snapshot of %s: %s", cid, exc)
 
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)
@@ -236,7 +288,7 @@ class Keeper:
             try:
                 container = await self.client.load_container(cid)
             except NotFound:
-                await self.release_network(cid)
+                await self.release(cid)
                 self.forget(cid)
                 return None
             await self._record_ooms(container)
@@ -267,7 +319,7 @@ class Keeper:
             elif act is Act.REMOVE:
                 await container.delete()
                 _remove_empty_cgroups(container.info.spec)
-                await self.release_network(cid)
+                await self.release(cid)
                 self.forget(cid)
                 return None
             else:  # MARK_STARTED, CLEAR_PENDING, SCHEDULE_START: labels only
@@ -378,8 +430,9 @@ class Keeper:
         terminal = definition.terminal if definition else False
         with anyio.fail_after(OPERATION_TIMEOUT):
             await self.net.ensure(cid)
+            mounts = await rootfs_mounts(self.client, cid) if container.info.image else []
         io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
-        task = await container.new_task(io)
+        task = await container.new_task(io, rootfs=mounts)
         old = self._tasks.get(cid)
         if old is not None:
             self._closing_io(old.io)  # a task that went while nobody watched
@@ -484,14 +537,10 @@ class Keeper:
         labels = self._labels(definition, source="api")
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
+        image = await self.image_for(definition)
         with anyio.fail_after(OPERATION_TIMEOUT):
             async with self._lock(cid):
-                spec = await self.prepare(definition)
-                try:
-                    container = await self.client.create_container(cid, spec, labels=labels)
-                except BaseException:
-                    await self.release_network(cid)
-                    raise
+                container = await self.make(definition, labels, image)
                 self.definitions[cid] = definition
                 try:
                     task = await self._start_task(container, stdin=stdin)
@@ -516,7 +565,7 @@ class Keeper:
                     await container.delete()
             except (SupervisorError, TimeoutError):
                 return False
-            await self.release_network(container.id)
+            await self.release(container.id)
             self.forget(container.id)
             return True
         return False
@@ -613,7 +662,7 @@ class Keeper:
         try:
             container = await self.client.load_container(cid)
         except NotFound:
-            await self.release_network(cid)  # before waiters hear of it: ports are free then
+            await self.release(cid)  # before waiters hear of it: ports are free then
             self.forget(cid)
             return
         labels = container.info.labels
@@ -647,14 +696,14 @@ class Keeper:
             try:
                 container = await self.client.load_container(cid)
             except NotFound:
-                await self.release_network(cid)
+                await self.release(cid)
                 self.forget(cid)
                 return
             with contextlib.suppress(NotFound):
                 await (await container.task()).force_delete()  # a start raced us
             await container.delete()
             _remove_empty_cgroups(container.info.spec)
-            await self.release_network(cid)  # before waiters hear of it: ports are free then
+            await self.release(cid)  # before waiters hear of it: ports are free then
             self.forget(cid)
 
 

@@ -65,7 +65,10 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
     spec = info.spec
     return ContainerDefinition(
         id=info.id,
-        rootfs=Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
+        rootfs=None
+        if info.image
+        else Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
+        image=info.image,
         command=tuple(json.loads(labels.get(COMMAND, "[]")) or ["true"]),
         restart=policy(labels),
         stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),

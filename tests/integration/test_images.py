@@ -197,7 +197,8 @@ async def test_gc_labels_as_containerd_sets_them(client: Client, registry: Regis
     assert dict(manifest.labels) == expected
     config = await client.content.info(image.config_descriptor.digest)
     assert dict(config.labels) == {
-        "containerd.io/gc.ref.snapshot.overlayfs": image.chain_id, **source
+        "containerd.io/gc.ref.snapshot.overlayfs": image.chain_id,
+        **source,
     }
     for layer, diff_id in zip(image.layers, image.config.diff_ids, strict=True):
         info = await client.content.info(layer.digest)

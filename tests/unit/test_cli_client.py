@@ -244,7 +244,8 @@ def test_ps_json_times(fake: tuple[FakeControl, str], capsys: pytest.CaptureFixt
     service.containers = [
         pb.ContainerInfo(id="a", status="running", pid=42, started_at_unix_nanos=nanos,
                          command=["sleep", "1"], labels={"k": "v"}, network="bridge",
-                         address="10.213.0.2", ports=["127.0.0.1:8080:80/tcp", "53:53/udp"]),
+                         address="10.213.0.2", ports=["127.0.0.1:8080:80/tcp", "53:53/udp"],
+                         image="docker.io/library/busybox:1.36"),
         pb.ContainerInfo(id="b", status="exited", exited=True, exit_code=3, problem="gone"),
     ]  # fmt: skip
     assert cli.main(["--socket", path, "ps", "-a", "--json"]) == 0
@@ -259,20 +260,15 @@ def test_ps_json_times(fake: tuple[FakeControl, str], capsys: pytest.CaptureFixt
     out, err = capsys.readouterr()
     header, first, second = out.splitlines()
     assert header.split() == [
-        "ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "COMMAND"
+        "ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "IMAGE", "COMMAND"
     ]  # fmt: skip
+    # (restart: "")
     assert first.split() == [
-        "a",
-        "running",
-        "42",
-        "0",
-        "10.213.0.2",
-        "127.0.0.1:8080->80/tcp,",
-        "0.0.0.0:53->53/udp",
-        "sleep",
-        "1",
-    ]  # fmt: skip  (restart: "")
-    assert second.split() == ["b", "exited", "(3)", "(!)", "-", "0", "-", "-"]
+        "a", "running", "42", "0", "10.213.0.2", "127.0.0.1:8080->80/tcp,",
+        "0.0.0.0:53->53/udp", "busybox:1.36", "sleep", "1",
+    ]  # fmt: skip
+    assert second.split() == ["b", "exited", "(3)", "(!)", "-", "0", "-", "-", "-"]
+    assert got[0]["image"] == "docker.io/library/busybox:1.36" and got[1]["image"] is None
     assert err == "(!) b: gone\n"
 
 

@@ -391,7 +391,7 @@ def test_command_is_required(defs: Path, rootfs: Path) -> None:
 
 def test_rootfs_is_required(defs: Path) -> None:
     error = fails(write(defs, "app.toml", 'command = ["/bin/app"]\n'))
-    assert str(error) == f"{error.path}: rootfs: is required"
+    assert str(error) == f"{error.path}: rootfs: is required (or an image)"
 
 
 @pytest.mark.parametrize(
@@ -574,8 +574,11 @@ def test_hash_changes_with_any_value(defs: Path, rootfs: Path, data: Path, tmp_p
         "terminal": False,
         "network": "host",
         "ports": (PortMapping(8080, 80),),
+        "image": "docker.io/library/busybox:1.36",
+        "pull": "always",
+        "entrypoint": ("/bin/sh",),
     }
-    names = {f.name for f in dataclasses.fields(ContainerDefinition)} - {"source"}
+    names = {f.name for f in dataclasses.fields(ContainerDefinition)} - {"source", "explicit"}
     assert set(changes) == names
     digests = {base.definition_hash()}
     for name, value in changes.items():

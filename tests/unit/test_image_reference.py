@@ -47,7 +47,9 @@ def test_parts() -> None:
                                                          "localhost:5000", "v2")  # fmt: skip
     hub = parse_reference(f"busybox:1@{SHA}")
     assert (hub.registry_host, hub.object, hub.familiar) == (
-        "registry-1.docker.io", SHA, f"busybox:1@{SHA}"
+        "registry-1.docker.io",
+        SHA,
+        f"busybox:1@{SHA}",
     )
     assert parse_reference("me/app").familiar == "me/app:latest"
     assert parse_reference("quay.io/x/y:1").familiar == "quay.io/x/y:1"

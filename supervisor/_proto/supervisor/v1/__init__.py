@@ -16,6 +16,17 @@ __all__ = (
     "ExecInput",
     "ExecOutput",
     "ExecStart",
+    "ImageImportRequest",
+    "ImageImportResponse",
+    "ImageInfo",
+    "ImageListRequest",
+    "ImageListResponse",
+    "ImagePruneRequest",
+    "ImagePruneResponse",
+    "ImageRemoveRequest",
+    "ImageRemoveResponse",
+    "ImageSaveRequest",
+    "ImageSaveResponse",
     "KillRequest",
     "ListRequest",
     "ListResponse",
@@ -29,6 +40,8 @@ __all__ = (
     "NetworkMember",
     "NetworkRef",
     "NetworkRemoveResponse",
+    "PullProgress",
+    "PullRequest",
     "ReloadRequest",
     "RemoveRequest",
     "RemoveResponse",
@@ -141,6 +154,8 @@ class ContainerInfo(betterproto2.Message):
 
     ports: "list[str]" = betterproto2.field(22, betterproto2.TYPE_STRING, repeated=True)
 
+    image: "str" = betterproto2.field(23, betterproto2.TYPE_STRING)
+
 
 default_message_pool.register_message("supervisor.v1", "ContainerInfo", ContainerInfo)
 
@@ -208,6 +223,18 @@ class Definition(betterproto2.Message):
     """
     [IP:]HOST:CONTAINER[/tcp|udp]
     """
+
+    image: "str" = betterproto2.field(19, betterproto2.TYPE_STRING)
+    """
+    An image reference instead of a rootfs; its pull policy (missing, always,
+    never; empty: missing); an entrypoint instead of the image's.
+    """
+
+    pull: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+
+    entrypoint: "list[str]" = betterproto2.field(21, betterproto2.TYPE_STRING, repeated=True)
+
+    has_entrypoint: "bool" = betterproto2.field(22, betterproto2.TYPE_BOOL)
 
 
 default_message_pool.register_message("supervisor.v1", "Definition", Definition)
@@ -322,6 +349,110 @@ class ExecStart(betterproto2.Message):
 
 
 default_message_pool.register_message("supervisor.v1", "ExecStart", ExecStart)
+
+
+@dataclass(eq=False, repr=False)
+class ImageImportRequest(betterproto2.Message):
+    """
+    Paths on the daemon's machine, read and written by the daemon (as root).
+    """
+
+    path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageImportRequest", ImageImportRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImageImportResponse(betterproto2.Message):
+    names: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageImportResponse", ImageImportResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ImageInfo(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    digest: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    created_unix_nanos: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    containers: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageInfo", ImageInfo)
+
+
+@dataclass(eq=False, repr=False)
+class ImageListRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("supervisor.v1", "ImageListRequest", ImageListRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImageListResponse(betterproto2.Message):
+    images: "list[ImageInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageListResponse", ImageListResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ImagePruneRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("supervisor.v1", "ImagePruneRequest", ImagePruneRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImagePruneResponse(betterproto2.Message):
+    removed: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("supervisor.v1", "ImagePruneResponse", ImagePruneResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ImageRemoveRequest(betterproto2.Message):
+    ref: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    force: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageRemoveRequest", ImageRemoveRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImageRemoveResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("supervisor.v1", "ImageRemoveResponse", ImageRemoveResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ImageSaveRequest(betterproto2.Message):
+    ref: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("supervisor.v1", "ImageSaveRequest", ImageSaveRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImageSaveResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("supervisor.v1", "ImageSaveResponse", ImageSaveResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -481,6 +612,43 @@ class NetworkRemoveResponse(betterproto2.Message):
 default_message_pool.register_message(
     "supervisor.v1", "NetworkRemoveResponse", NetworkRemoveResponse
 )
+
+
+@dataclass(eq=False, repr=False)
+class PullProgress(betterproto2.Message):
+    """
+    One layer's progress, or (with done_image) the end of the pull.
+    """
+
+    digest: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    status: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    done: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    total: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    image: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    image_digest: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+
+    done_image: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("supervisor.v1", "PullProgress", PullProgress)
+
+
+@dataclass(eq=False, repr=False)
+class PullRequest(betterproto2.Message):
+    ref: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    platform: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    os/arch[/variant]; empty: this machine's
+    """
+
+
+default_message_pool.register_message("supervisor.v1", "PullRequest", PullRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -1086,6 +1254,121 @@ class ControlStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def pull(
+        self,
+        message: "PullRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[PullProgress]":
+
+        async for response in self._unary_stream(
+            "/supervisor.v1.Control/Pull",
+            message,
+            PullProgress,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def image_list(
+        self,
+        message: "ImageListRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImageListResponse":
+
+        if message is None:
+            message = ImageListRequest()
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/ImageList",
+            message,
+            ImageListResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def image_remove(
+        self,
+        message: "ImageRemoveRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImageRemoveResponse":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/ImageRemove",
+            message,
+            ImageRemoveResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def image_prune(
+        self,
+        message: "ImagePruneRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImagePruneResponse":
+
+        if message is None:
+            message = ImagePruneRequest()
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/ImagePrune",
+            message,
+            ImagePruneResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def image_import(
+        self,
+        message: "ImageImportRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImageImportResponse":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/ImageImport",
+            message,
+            ImageImportResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def image_save(
+        self,
+        message: "ImageSaveRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImageSaveResponse":
+
+        return await self._unary_unary(
+            "/supervisor.v1.Control/ImageSave",
+            message,
+            ImageSaveResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class ControlBase(betterproto2_grpclib.ServiceBase):
     async def version(self, message: "VersionRequest") -> "VersionResponse":
@@ -1182,6 +1465,31 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def network_remove(self, message: "NetworkRef") -> "NetworkRemoveResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def pull(self, message: "PullRequest") -> "AsyncIterator[PullProgress]":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield PullProgress()
+
+    async def image_list(self, message: "ImageListRequest") -> "ImageListResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def image_remove(self, message: "ImageRemoveRequest") -> "ImageRemoveResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def image_prune(self, message: "ImagePruneRequest") -> "ImagePruneResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def image_import(self, message: "ImageImportRequest") -> "ImageImportResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def image_save(self, message: "ImageSaveRequest") -> "ImageSaveResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1349,6 +1657,55 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
         response = await self.network_remove(request)
         await stream.send_message(response)
 
+    async def __rpc_pull(self, stream: "grpclib.server.Stream[PullRequest, PullProgress]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.pull,
+            stream,
+            request,
+        )
+
+    async def __rpc_image_list(
+        self, stream: "grpclib.server.Stream[ImageListRequest, ImageListResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.image_list(request)
+        await stream.send_message(response)
+
+    async def __rpc_image_remove(
+        self, stream: "grpclib.server.Stream[ImageRemoveRequest, ImageRemoveResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.image_remove(request)
+        await stream.send_message(response)
+
+    async def __rpc_image_prune(
+        self, stream: "grpclib.server.Stream[ImagePruneRequest, ImagePruneResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.image_prune(request)
+        await stream.send_message(response)
+
+    async def __rpc_image_import(
+        self, stream: "grpclib.server.Stream[ImageImportRequest, ImageImportResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.image_import(request)
+        await stream.send_message(response)
+
+    async def __rpc_image_save(
+        self, stream: "grpclib.server.Stream[ImageSaveRequest, ImageSaveResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.image_save(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/supervisor.v1.Control/Version": grpclib.const.Handler(
@@ -1476,5 +1833,41 @@ class ControlBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 NetworkRef,
                 NetworkRemoveResponse,
+            ),
+            "/supervisor.v1.Control/Pull": grpclib.const.Handler(
+                self.__rpc_pull,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                PullRequest,
+                PullProgress,
+            ),
+            "/supervisor.v1.Control/ImageList": grpclib.const.Handler(
+                self.__rpc_image_list,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImageListRequest,
+                ImageListResponse,
+            ),
+            "/supervisor.v1.Control/ImageRemove": grpclib.const.Handler(
+                self.__rpc_image_remove,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImageRemoveRequest,
+                ImageRemoveResponse,
+            ),
+            "/supervisor.v1.Control/ImagePrune": grpclib.const.Handler(
+                self.__rpc_image_prune,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImagePruneRequest,
+                ImagePruneResponse,
+            ),
+            "/supervisor.v1.Control/ImageImport": grpclib.const.Handler(
+                self.__rpc_image_import,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImageImportRequest,
+                ImageImportResponse,
+            ),
+            "/supervisor.v1.Control/ImageSave": grpclib.const.Handler(
+                self.__rpc_image_save,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImageSaveRequest,
+                ImageSaveResponse,
             ),
         }
