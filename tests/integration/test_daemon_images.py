@@ -1,0 +1,159 @@
+"""Images through the daemon and the CLI, from a real registry on loopback:
+`run IMAGE`, definitions with `image =`, pull policies, `pull`, `images`,
+`rmi`, `image prune`, live restore, and nothing left after removal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from .daemon_harness import DaemonDirs, dirs, until
+from .test_cli import ps, ready
+from .test_images import Registry, registry
+
+__all__ = ("dirs", "registry")
+
+pytestmark = pytest.mark.anyio
+
+#: Runs until told to fail (a file in its own snapshot), noting each run.
+WAIT_FOR_DIE = (
+    "echo ran >> /tmp/ran; while [ ! -e /tmp/die ]; do sleep 0.1; done; rm /tmp/die; exit 3"
+)
+
+
+def ctr(d: DaemonDirs, *args: str) -> list[str]:
+    """What containerd's own client sees in the daemon's namespace."""
+    done = subprocess.run(["ctr", "-a", d.address, "-n", d.namespace, *args],
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return done.stdout.split()
+
+
+def snapshots(d: DaemonDirs) -> list[str]:
+    """Keys and names of the namespace's snapshots (``ctr snapshots ls``)."""
+    done = subprocess.run(["ctr", "-a", d.address, "-n", d.namespace, "snapshots", "ls"],
+                          capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return [line.split()[0] for line in done.stdout.splitlines()[1:]]
+
+
+async def test_run_an_image_with_its_defaults_and_flags_over_them(
+    dirs: DaemonDirs, registry: Registry
+) -> None:
+    await ready(dirs)
+    ref = f"{registry.host}/t/bb:1"
+    # The image: entrypoint ["sh", "-c"], cmd ["echo $GREETING"], env GREETING=hi, cwd /tmp.
+    done = dirs.cli("run", "--rm", ref)
+    assert (done.code, done.out) == (0, "hi\n"), done.err
+    done = dirs.cli("run", "--rm", "-e", "GREETING=yo", ref)
+    assert (done.code, done.out) == (0, "yo\n"), done.err
+    done = dirs.cli("run", "--rm", ref, "pwd; cat /hello.txt; id -u")
+    assert (done.code, done.out) == (0, "/tmp\nhello from the image\n0\n"), done.err
+    done = dirs.cli("run", "--rm", "--entrypoint", "echo", ref, "plain", "words")
+    assert (done.code, done.out) == (0, "plain words\n"), done.err
+    done = dirs.cli("run", "--rm", "-u", "nobody", "-w", "/", ref, "id -u; pwd")
+    assert (done.code, done.out) == (0, "65534\n/\n"), done.err
+    assert dirs.cli("run", "-d", "--name", "keep", ref, "sleep 1000").code == 0
+    [info] = ps(dirs)
+    assert info["image"] == ref and info["command"] == ["sh", "-c", "sleep 1000"]
+    listed = json.loads(dirs.cli("images", "--json").out)
+    assert [(i["name"], i["containers"]) for i in listed] == [(ref, ["keep"])]
+    done = dirs.cli("rmi", ref)
+    assert done.code == 125 and "is used by keep" in done.err and done.err.count("\n") == 1
+    assert "keep" in snapshots(dirs)
+    assert dirs.cli("rm", "-f", "keep").code == 0
+    assert "keep" not in snapshots(dirs)
+    assert dirs.cli("rmi", ref).out == f"{ref}\n"
+    assert ctr(dirs, "images", "ls", "-q") == []
+    assert ctr(dirs, "content", "ls", "-q") == []
+    assert snapshots(dirs) == []
+    assert ps(dirs, "-a") == []
+
+
+async def test_bad_images_get_one_line_and_leave_nothing(
+    dirs: DaemonDirs, registry: Registry
+) -> None:
+    layer = registry.corrupt.layers[-1]
+    path = registry.process.blob_path(layer.digest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    await ready(dirs)
+    for args, text in (
+        (("--pull", "never", f"{registry.host}/t/bb:1"), "its pull policy is never"),
+        ((f"{registry.host}/t/nothing:1",), "t/nothing"),
+        ((f"{registry.host}/t/corrupt:1",), "digest"),
+        (("Not/Valid",), "repository name must be lowercase"),
+        (("--rootfs", "/", "--pull", "always", "true"), "apply to an image"),
+    ):
+        done = dirs.cli("run", "--rm", *args)
+        lines = done.err.splitlines()
+        assert done.code == 125 and len(lines) == 1 and text in lines[0], (args, done.err)
+    assert ps(dirs, "-a") == []
+    assert ctr(dirs, "images", "ls", "-q") == []
+
+    async def collected() -> bool:  # the failed pulls' leases are gone: GC follows
+        return snapshots(dirs) == [] and ctr(dirs, "content", "ls", "-q") == []
+
+    await until(collected)
+
+
+async def test_pull_images_and_prune(dirs: DaemonDirs, registry: Registry) -> None:
+    await ready(dirs)
+    multi = f"{registry.host}/t/bb:multi"
+    done = dirs.cli("pull", "-q", multi)
+    assert (done.code, done.out) == (0, f"{multi}\n"), done.err
+    done = dirs.cli("image", "pull", f"{registry.host}/t/bb:v2s2")
+    assert done.code == 0 and done.out.split()[1].startswith("sha256:"), done.err
+    done = dirs.cli("pull", "--platform", "linux/s390x", multi)
+    assert done.code == 125 and "s390x" in done.err and done.err.count("\n") == 1
+    names = dirs.cli("images", "-q").out.split()
+    assert names == [multi, f"{registry.host}/t/bb:v2s2"]
+    table = dirs.cli("images").out.splitlines()
+    assert table[0].split() == ["IMAGE", "DIGEST", "SIZE", "CREATED", "CONTAINERS"]
+    assert dirs.cli("run", "-d", "--name", "user", multi, "sleep 1000").code == 0
+    assert dirs.cli("image", "prune").out == f"{registry.host}/t/bb:v2s2\n"
+    assert dirs.cli("images", "-q").out.split() == [multi]
+    assert dirs.cli("rm", "-f", "user").code == 0
+    assert dirs.cli("image", "rm", multi).code == 0
+    assert ctr(dirs, "content", "ls", "-q") == [] and snapshots(dirs) == []
+
+
+async def test_a_definition_with_an_image_survives_a_daemon_kill(
+    dirs: DaemonDirs, registry: Registry
+) -> None:
+    ref = f"{registry.host}/t/bb:1"
+    (dirs.defs / "app.toml").write_text(
+        f'image = "{ref}"\ncommand = ["{WAIT_FOR_DIE}"]\nrestart = "always"\n'
+    )
+    await ready(dirs)  # pulled, created and started before READY
+    [info] = ps(dirs)
+    assert info["status"] == "running" and info["image"] == ref
+    pid = info["pid"]
+    dirs.procs[-1].send_signal(signal.SIGKILL)
+    dirs.procs[-1].wait()
+    await ready(dirs)
+    [info] = ps(dirs)
+    assert (info["status"], info["pid"]) == ("running", pid)  # adopted, not restarted
+    # A restart by the policy mounts the snapshot again.
+    # It fails on its own: the policy restarts it on the same snapshot (its
+    # files kept: it wrote /tmp/ran).
+    assert dirs.cli("exec", "app", "touch", "/tmp/die").code == 0
+    for _ in range(600):
+        [info] = ps(dirs, "-a")
+        if info["restart_count"] == 1 and info["status"] == "running":
+            break
+        await _tick()
+    assert (info["restart_count"], info["status"]) == (1, "running")
+    assert dirs.cli("exec", "app", "cat", "/tmp/ran").out == "ran\nran\n"
+    (dirs.defs / "app.toml").unlink()
+    assert dirs.cli("reload").code == 0
+    assert ps(dirs, "-a") == []
+    assert "app" not in snapshots(dirs)
+
+
+async def _tick() -> None:
+    import anyio
+
+    await anyio.sleep(0.05)
