@@ -29,6 +29,10 @@ EXPIRE_LABEL = "containerd.io/gc.expire"
 CALL_TIMEOUT = 60.0
 
 
+#: The start of the id of every lease this library makes.
+LEASE_PREFIX = "supervisor-"
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
     """A lease: what is made under it is kept from garbage collection."""
@@ -56,7 +60,7 @@ class Leases:
         if expire is not None:
             until = datetime.now(UTC) + expire
             all_labels[EXPIRE_LABEL] = until.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease_id = lease_id or f"supervisor-{uuid.uuid4().hex}"
+        lease_id = lease_id or f"{LEASE_PREFIX}{uuid.uuid4().hex}"
         request = leases_pb.CreateRequest(id=lease_id, labels=all_labels)
         with anyio.fail_after(CALL_TIMEOUT), map_errors(f"create lease {lease_id}"):
             reply = await self._stub.create(request)
@@ -113,6 +117,11 @@ class Stores:
     def with_snapshotter(self, snapshotter: str) -> Stores:
         """The same services for another snapshotter."""
         return Stores(self._channel, self.namespace, lease=self.lease_id, snapshotter=snapshotter)
+
+    def with_lease(self, lease_id: str) -> Stores:
+        """The same services with every call under an existing lease."""
+        return Stores(self._channel, self.namespace, lease=lease_id,
+                      snapshotter=self.snapshots.snapshotter)  # fmt: skip
 
     @asynccontextmanager
     async def lease(

@@ -26,8 +26,9 @@ from typing import Any
 import anyio
 
 from .._supervisor import Supervisor
-from ..client import ContainerInfo
-from ..errors import AlreadyExists, RegistryError, SupervisorError, Unavailable
+from ..client import ContainerInfo, SnapshotKind
+from ..client._leases import LEASE_PREFIX
+from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
@@ -274,10 +275,11 @@ class Daemon(Keeper):
         with anyio.fail_after(OPERATION_TIMEOUT):
             existing = await self.client.list_containers(MANAGED_FILTER)
         await self._sweep_fifo_dirs()
-        if self.net.attachments or self.net.has_leftovers():
-            with anyio.fail_after(OPERATION_TIMEOUT * 2):
-                everything = await self.client.list_containers()
-                await self.net.sweep(c.id for c in everything)
+        with anyio.fail_after(OPERATION_TIMEOUT * 2):
+            everything = {c.id for c in await self.client.list_containers()}
+            if self.net.attachments or self.net.has_leftovers():
+                await self.net.sweep(everything)
+            await self._sweep_images(everything)
         for info in existing:
             if info.id not in wanted and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
@@ -407,6 +409,26 @@ class Daemon(Keeper):
         if at is not None:
             self.scheduler.request(cid, at)
         return self.start_errors.pop(cid, None)
+
+    async def _sweep_images(self, containers: set[str]) -> None:
+        """What a daemon killed in the middle of a pull or a create leaves:
+        its leases (what they held goes with them, to containerd's garbage
+        collection) and containers' snapshots whose container was never made."""
+        client = self.client
+        for lease in await client.leases.list():
+            if lease.id.startswith(LEASE_PREFIX):
+                await client.leases.delete(lease.id)
+                log.info("removed lease %s (a pull or create that did not finish)", lease.id)
+        for snapshot in await client.snapshots.list():
+            name = snapshot.name
+            if (
+                snapshot.kind is SnapshotKind.ACTIVE
+                and name not in containers
+                and not name.startswith(("sha256:", "extract-"))
+            ):
+                with contextlib.suppress(NotFound):
+                    await client.snapshots.remove(name)
+                    log.info("removed snapshot %s (its container was never made)", name)
 
     async def _sweep_fifo_dirs(self) -> None:
         """FIFO directories no task uses any more (a daemon died before

@@ -10,6 +10,9 @@ import subprocess
 
 import pytest
 
+from supervisor import Client
+from supervisor.images import prepare_rootfs
+
 from .daemon_harness import DaemonDirs, dirs, until
 from .test_cli import ps, ready
 from .test_images import Registry, registry
@@ -133,7 +136,14 @@ async def test_a_definition_with_an_image_survives_a_daemon_kill(
     pid = info["pid"]
     dirs.procs[-1].send_signal(signal.SIGKILL)
     dirs.procs[-1].wait()
+    # What a daemon killed while making a container leaves: its lease, and
+    # the container's snapshot (made under the lease, the record never made).
+    async with Client(dirs.address, dirs.namespace) as client:
+        lease = await client.leases.create(expire=None)
+        await prepare_rootfs(client.stores.with_lease(lease.id), "ghost", ref)
+    assert "ghost" in snapshots(dirs) and ctr(dirs, "leases", "ls", "-q") == [lease.id]
     await ready(dirs)
+    assert "ghost" not in snapshots(dirs) and ctr(dirs, "leases", "ls", "-q") == []
     [info] = ps(dirs)
     assert (info["status"], info["pid"]) == ("running", pid)  # adopted, not restarted
     # A restart by the policy mounts the snapshot again.
