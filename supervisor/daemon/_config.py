@@ -29,6 +29,9 @@
     subnet = "10.213.0.0/16"            # the default network's (bridge supervisor0)
     pool = "10.214.0.0/16"              # where user-defined networks get a /24
     cni_path = ["/usr/lib/cni", "/opt/cni/bin"]
+
+    [images]
+    insecure_registries = ["registry.lan:5000"]   # plain http (loopback ones always are)
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class DaemonConfig:
     network_subnet: str = DEFAULT_SUBNET
     network_pool: str = DEFAULT_POOL
     cni_path: tuple[Path, ...] = DEFAULT_PLUGIN_DIRS
+    #: Registries pulled from over plain http (loopback ones always are).
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def fifo_dir(self) -> Path:
@@ -125,6 +130,7 @@ def load_config(path: Path | None) -> DaemonConfig:
         logs = top.table("logs", known=("max_size", "max_files"))
         metrics = top.table("metrics", known=("address",))
         network = top.table("network", known=("default", "subnet", "pool", "cni_path"))
+        images = top.table("images", known=("insecure_registries",))
         default = DaemonConfig()
         return DaemonConfig(
             containerd_address=_address(containerd),
@@ -146,6 +152,7 @@ def load_config(path: Path | None) -> DaemonConfig:
             network_subnet=_subnet(network, "subnet", default.network_subnet),
             network_pool=_subnet(network, "pool", default.network_pool),
             cni_path=_cni_path(network, default.cni_path),
+            insecure_registries=_registries(images),
         )
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.message) from None
@@ -165,7 +172,16 @@ _TOP_KEYS = (
     "logs",
     "metrics",
     "network",
+    "images",
 )
+
+
+def _registries(images: _Table) -> tuple[str, ...]:
+    hosts = images.strings("insecure_registries") or []
+    for index, host in enumerate(hosts):
+        if not host or "/" in host or any(c.isspace() for c in host):
+            images.fail(f"insecure_registries[{index}]", f"{host!r} is not a host[:port]")
+    return tuple(hosts)
 
 
 def _default_network(network: _Table, default: str) -> str:

@@ -385,7 +385,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
     async def pull(self, message: pb.PullRequest) -> AsyncIterator[pb.PullProgress]:
         """Pull an image, streaming each layer's progress (at most every 0.2 s
         a layer), then the image's name and digest."""
-        from ..images import Platform, PullProgress, normalize, pull
+        from ..images import Platform, PullProgress, normalize
 
         with _status():
             name = normalize(message.ref)
@@ -407,8 +407,9 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
 
         async def run() -> None:
             async with send:
-                image = await pull(self.daemon.client, name, platform=platform,
-                                   progress=progress)  # fmt: skip
+                image = await self.daemon.pulls.pull(
+                    self.daemon.client, name, platform=platform, progress=progress
+                )
                 await send.send(pb.PullProgress(image=image.name, image_digest=image.digest,
                                                 done_image=True))  # fmt: skip
 

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from ..errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from ..client import Client
-    from ..images import Image, ImageConfig
+    from ..images import Image, ImageConfig, Platform, PullProgress
     from ._definitions import ContainerDefinition
 
 log = logging.getLogger("supervisor.daemon")
@@ -81,13 +81,29 @@ def _signal_number(text: str) -> int:
 class Pulls:
     """One pull at a time per image; those who ask meanwhile wait for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, insecure: Sequence[str] = ()) -> None:
         self._locks: dict[str, anyio.Lock] = {}
+        self.insecure = tuple(insecure)
+
+    async def pull(
+        self,
+        client: Client,
+        ref: str,
+        *,
+        platform: Platform | None = None,
+        progress: Callable[[PullProgress], None] | None = None,
+    ) -> Image:
+        """Pull ``ref`` with the daemon's registry settings (root's credentials)."""
+        from ..images import RegistryClient, pull
+
+        async with RegistryClient(insecure=self.insecure) as registry:
+            return await pull(client, ref, platform=platform, progress=progress,
+                              registry=registry)  # fmt: skip
 
     async def ensure(self, client: Client, ref: str, policy: str, *, force: bool = False) -> Image:
         """The image named ``ref``, pulled as ``policy`` says (``missing``,
         ``always``, ``never``; ``force``: pull whatever the policy)."""
-        from ..images import pull, resolve_image
+        from ..images import resolve_image
 
         name = normalize_image(ref)
         lock = self._locks.setdefault(name, anyio.Lock())
@@ -102,7 +118,7 @@ class Pulls:
                         ) from None
             log.info("pulling %s", name)
             with anyio.fail_after(PULL_TIMEOUT):
-                image = await pull(client, name)
+                image = await self.pull(client, name)
             log.info("pulled %s (%s)", name, image.digest)
             return image
 

@@ -133,7 +133,7 @@ class Keeper:
             pool=config.network_pool,
             plugin_dirs=config.cni_path,
         )
-        self.pulls = Pulls()
+        self.pulls = Pulls(config.insecure_registries)
         #: Held while networks are made or removed (not while containers join them).
         self.network_lock = anyio.Lock()
         self._stopping = False

@@ -387,3 +387,34 @@ def test_bad_metrics_address(tmp_path: Path, value: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected) as caught:
         load_config(write(tmp_path, f'[metrics]\naddress = "{value}"\n'))
     assert caught.value.key == "metrics.address"
+
+
+def test_network_and_images_tables(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, (
+        '[network]\ndefault = "none"\nsubnet = "10.50.0.0/16"\npool = "10.51.0.0/16"\n'
+        'cni_path = ["/opt/cni"]\n[images]\ninsecure_registries = ["reg.lan:5000"]\n'
+    )))  # fmt: skip
+    assert (config.default_network, config.network_subnet, config.network_pool) == (
+        "none",
+        "10.50.0.0/16",
+        "10.51.0.0/16",
+    )
+    assert config.cni_path == (Path("/opt/cni"),)
+    assert config.insecure_registries == ("reg.lan:5000",)
+    assert DaemonConfig().default_network == "bridge"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ('[network]\ndefault = "container:x"\n', "network.default", "must be bridge, none"),
+        ('[network]\ndefault = "-bad"\n', "network.default", "network name"),
+        ('[network]\nsubnet = "10.0.0.1/8"\n', "network.subnet", "host bits set"),
+        ('[network]\npool = "fd00::/64"\n', "network.pool", "only IPv4"),
+        ('[network]\ncni_path = ["rel"]\n', "network.cni_path", "absolute"),
+        ('[images]\ninsecure_registries = ["a b"]\n', "images.insecure_registries[0]", "host"),
+    ],
+)
+def test_bad_network_and_images_keys(tmp_path: Path, text: str, key: str, why: str) -> None:
+    error = fails(tmp_path, text)
+    assert error.key == key and why in str(error), str(error)
