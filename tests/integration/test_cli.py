@@ -310,7 +310,8 @@ async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
         (("logs", "--tail", "-1", "ghost"), 125, "negative"),
         (("ps", "--bogus"), 125, "unrecognized arguments"),
         (("frobnicate",), 125, "invalid choice"),
-        (("run", "--name", "x", "true"), 125, "--rootfs"),
+        (("run", "--name", "x"), 125, "an image is needed"),
+        (("run", "--pull", "never", "not-here:1"), 125, "its pull policy is never"),
         (("run", "--rootfs", str(dirs.rootfs)), 125, "a command is needed"),
     ):
         done = dirs.cli(*args)
