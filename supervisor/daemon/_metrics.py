@@ -172,7 +172,7 @@ class _Live(Collector):
 
 
 def _containers(snapshot: Snapshot, known: Any) -> Iterator[Metric]:
-    labels = ("id", "rootfs")
+    labels = ("id", "image", "rootfs")
     state = GaugeMetricFamily(
         "supervisor_container_state",
         "1 for the state the container's task is in (stopped: no task).",
@@ -209,7 +209,7 @@ def _containers(snapshot: Snapshot, known: Any) -> Iterator[Metric]:
         if info.id not in known:
             continue
         tags: Mapping[str, str] = info.labels
-        values = (info.id, tags.get(ROOTFS, ""))
+        values = (info.id, info.image, "" if info.image else tags.get(ROOTFS, ""))
         task = snapshot.tasks.get(info.id)
         current = "stopped" if task is None else task.status.value
         if task is not None and task.status is TaskStatus.STOPPED:

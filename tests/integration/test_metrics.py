@@ -75,7 +75,7 @@ async def test_scrape_shows_containers_and_the_daemon(dirs: DaemonDirs) -> None:
     status, body = await anyio.to_thread.run_sync(http_get, metrics_sock)
     assert status == "HTTP/1.1 200 OK"
     got = samples(body)
-    web = (("id", "web"), ("rootfs", str(dirs.rootfs)))
+    web = (("id", "web"), ("image", ""), ("rootfs", str(dirs.rootfs)))
     assert got[("supervisor_container_state", (*web, ("state", "running")))] == 1
     assert got[("supervisor_container_state", (*web, ("state", "stopped")))] == 0
     assert got[("supervisor_container_memory_limit_bytes", web)] == 64 << 20
@@ -84,7 +84,7 @@ async def test_scrape_shows_containers_and_the_daemon(dirs: DaemonDirs) -> None:
     assert got[("supervisor_container_cpu_seconds_total", web)] >= 0
     # --network none (the harness's default): lo only, not counted.
     assert got[("supervisor_container_network_receive_bytes_total", web)] == 0
-    flaky = (("id", "flaky"), ("rootfs", str(dirs.rootfs)))
+    flaky = (("id", "flaky"), ("image", ""), ("rootfs", str(dirs.rootfs)))
     assert got[("supervisor_container_restarts_total", flaky)] == 2
     assert got[("supervisor_container_last_exit_code", flaky)] == 3
     assert ("supervisor_container_pids", flaky) not in got  # no task, no figures

@@ -139,7 +139,7 @@ async def test_a_published_port_serves_the_container_page_and_rm_leaves_nothing(
     stats = json.loads(net.cli("stats", "--json", "web").out)[0]
     assert stats["net_rx_bytes"] > 0 and stats["net_tx_bytes"] > 0
     _, body = await anyio.to_thread.run_sync(http_get, metrics)
-    labels = (("id", "web"), ("rootfs", str(net.rootfs)))
+    labels = (("id", "web"), ("image", ""), ("rootfs", str(net.rootfs)))
     got = samples(body)
     assert got[("supervisor_container_network_receive_bytes_total", labels)] > 0
     assert got[("supervisor_container_network_transmit_bytes_total", labels)] > 0
