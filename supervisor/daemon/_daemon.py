@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from ..client import ContainerInfo, SnapshotKind
 from ..client._leases import LEASE_PREFIX
 from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
+from ..net import Mode, parse_port
 from ._config import DaemonConfig
 from ._containerd import ContainerdStartError, ManagedContainerd
 from ._control import prepare_socket_dir, serve
@@ -39,7 +41,9 @@ from ._labels import (
     DEFINITION_FILE,
     HASH,
     MANAGED_FILTER,
+    NETWORK,
     NEXT_START,
+    PORTS,
     SOURCE,
     definition_from_labels,
 )
@@ -70,6 +74,18 @@ class Applied:
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     incomplete: bool = False  # a step failed and is retried
+
+
+def _joined_last(ids: list[str], wanted: dict[str, ContainerDefinition]) -> list[str]:
+    """``ids`` with those joining another one's network (``container:X``, X
+    among them) after the others."""
+    batch = set(ids)
+
+    def joins(cid: str) -> bool:
+        network = wanted[cid].network or ""
+        return network.startswith("container:") and network.split(":", 1)[1] in batch
+
+    return sorted(ids, key=lambda cid: (joins(cid), cid))
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -279,6 +295,7 @@ class Daemon(Keeper):
             everything = {c.id for c in await self.client.list_containers()}
             if self.net.attachments or self.net.has_leftovers():
                 await self.net.sweep(everything)
+            self._adopt_networks(existing)
             await self._sweep_images(everything)
         for info in existing:
             if info.id not in wanted and info.labels.get(SOURCE) in ("api", "apply"):
@@ -360,24 +377,41 @@ class Daemon(Keeper):
             for cid in list(self._from_dir):
                 if cid not in wanted and cid not in existing:
                     self.forget(cid)
+        made: list[str] = []  # new or changed, to be (re)made
         for cid, definition in sorted(wanted.items()):
             current = existing.get(cid)
             if current is not None and current.labels.get(HASH) == definition.definition_hash():
                 self.definitions[cid] = definition
                 continue
+            made.append(cid)
+        # Their networks are checked against what stays and against each other
+        # before anything is stopped: a definition whose port is taken keeps its
+        # old container running.
+        replaced = {cid for cid in made if cid in existing}
+        problems = self.net_problems({cid: wanted[cid] for cid in made}, leaving=replaced)
+        for cid, problem in problems.items():
+            log.error("cannot make %s (%s): %s", cid, wanted[cid].source, problem)
+            result.errors.append(f"{wanted[cid].source}: {problem}")
+        made = [cid for cid in made if cid not in problems]
+        ready = []
+        for cid in made:  # every replaced one stopped first: two may swap ports
+            current = existing.get(cid)
             if current is not None:
                 self._track(cid, current)
                 log.info("definition of %s changed: replacing it", cid)
                 if not await self._stop(cid, remove=True):
                     result.incomplete = True  # the old one stays known, and is retried
                     continue
+            ready.append(cid)
+        for cid in _joined_last(ready, wanted):
+            definition = wanted[cid]
             created = await self._create(definition, source)
             if created is None:
                 result.incomplete = True
                 continue
             if not created:
                 continue
-            (result.replaced if current is not None else result.created).append(cid)
+            (result.replaced if cid in existing else result.created).append(cid)
             if sync:
                 error = await self._sync_and_report(cid)
                 if error:
@@ -409,6 +443,19 @@ class Daemon(Keeper):
         if at is not None:
             self.scheduler.request(cid, at)
         return self.start_errors.pop(cid, None)
+
+    def _adopt_networks(self, containers: list[ContainerInfo]) -> None:
+        """Make up the network record of a container whose record was lost
+        (an unreadable file), from its labels."""
+        for info in containers:
+            network = info.labels.get(NETWORK)
+            if not network or info.id in self.net.attachments:
+                continue
+            try:
+                ports = [parse_port(p) for p in json.loads(info.labels.get(PORTS) or "[]")]
+                self.net.adopt(info.id, Mode.parse(network), ports)
+            except (SupervisorError, ValueError, OSError) as exc:
+                log.error("cannot make up the network record of %s: %s", info.id, exc)
 
     async def _sweep_images(self, containers: set[str]) -> None:
         """What a daemon killed in the middle of a pull or a create leaves:

@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..events import PipelineStats
 from ..images import Image, prepare_rootfs, remove_rootfs, rootfs_mounts
-from ..net import Attachment, Mode, NetworkManager
+from ..net import DEFAULT_NETWORK, Attachment, Mode, NetworkManager, PortMapping
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
 from ._images import Pulls, lookup_user, with_image
@@ -167,6 +167,40 @@ class Keeper:
 
     def network_mode(self, definition: ContainerDefinition) -> Mode:
         return Mode.parse(definition.network or self.config.default_network)
+
+    def net_problems(
+        self, batch: Mapping[str, ContainerDefinition], *, leaving: set[str]
+    ) -> dict[str, str]:
+        """Why some of ``batch`` (to be made) could not get their network, as
+        things will be once ``leaving`` are gone and the batch is made: an
+        unknown network, a container to join that will not be there, a port
+        published by another."""
+        problems: dict[str, str] = {}
+        staying = {cid: a for cid, a in self.net.attachments.items()
+                   if cid not in leaving and cid not in batch}  # fmt: skip
+        claimed: dict[str, list[PortMapping]] = {}
+        for cid, definition in sorted(batch.items()):
+            try:
+                mode = self.network_mode(definition)
+            except SupervisorError as exc:
+                problems[cid] = str(exc)
+                continue
+            known = mode.name in self.net.networks or mode.name == DEFAULT_NETWORK
+            if mode.kind == "network" and not known:
+                problems[cid] = f"no such network: {mode.name}"
+            joinable = mode.name in staying or mode.name in batch
+            if mode.kind == "container" and not joinable:
+                problems[cid] = f"container {mode.name} has no network of ours to join"
+            for port in definition.ports:
+                owners = [(other, taken) for other, a in staying.items() for taken in a.ports]
+                owners += [(other, taken) for other, ports in claimed.items() for taken in ports]
+                clash = next(((o, t) for o, t in owners if port.clashes(t)), None)
+                if clash is not None:
+                    problems[cid] = f"port {port} is already published by {clash[0]} ({clash[1]})"
+                    break
+            if cid not in problems:
+                claimed[cid] = list(definition.ports)
+        return problems
 
     async def image_for(self, definition: ContainerDefinition) -> Image | None:
         """The image a new container needs, pulled as its policy says (this

@@ -23,9 +23,24 @@ HOSTS_HEADER = (
 )
 
 
-def resolv_conf(host_file: Path = Path("/etc/resolv.conf")) -> str:
+#: systemd-resolved's list of the upstream servers (its stub, 127.0.0.53, is
+#: what /etc/resolv.conf names then).
+RESOLVED_UPSTREAM = Path("/run/systemd/resolve/resolv.conf")
+
+
+def resolv_conf(
+    host_file: Path = Path("/etc/resolv.conf"), upstream: Path = RESOLVED_UPSTREAM
+) -> str:
     """The host's resolv.conf without loopback nameservers (a resolver on the
-    host's 127.0.0.53 cannot be reached from a container's namespace)."""
+    host's 127.0.0.53 cannot be reached from a container's namespace); when
+    that leaves none, systemd-resolved's upstream list, as docker does."""
+    text = _filtered(host_file)
+    if "nameserver" not in text and upstream.exists():
+        return _filtered(upstream) or text
+    return text
+
+
+def _filtered(host_file: Path) -> str:
     try:
         with open(host_file, "rb") as f:
             text = f.read(MAX_RESOLV_CONF).decode(errors="replace")

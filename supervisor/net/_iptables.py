@@ -1,6 +1,8 @@
 """iptables rules the CNI plugins leave behind: found by the comment the
-bridge and portmap plugins put on a container's rules (``id: "<id>"``) and
-by the addresses the firewall plugin admits, and removed with iptables itself."""
+bridge and portmap plugins put on a container's rules (``name: "<network>"
+id: "<id>"``; only our networks' names, which start with ``supervisor-``:
+other CNI users' rules are theirs) and by the addresses the firewall plugin
+admits in our subnets, and removed with iptables itself."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ log = logging.getLogger("supervisor.net")
 
 #: Bound on one iptables call (it waits for the xtables lock).
 IPTABLES_TIMEOUT = 30.0
-_ID = re.compile(r'id: \\?"([^"\\]+)\\?"')
+_OWNED = re.compile(r'name: \\?"(supervisor-[^"\\]+)\\?" id: \\?"([^"\\]+)\\?"')
 _JUMP = re.compile(r"-j (CNI-[A-Za-z0-9-]+)")
 _ADDR = re.compile(r"-[sd] (\d+\.\d+\.\d+\.\d+)/32")
 #: Chains a plugin makes for one container (the shared ones are never removed).
@@ -67,7 +69,8 @@ async def _remove(table: str, rules: Iterable[str]) -> int:
 
 
 def _ids(line: str) -> set[str]:
-    return set(_ID.findall(line))
+    """The container ids of our networks a rule's comment names."""
+    return {cid for _, cid in _OWNED.findall(line)}
 
 
 async def remove_container_rules(cid: str) -> None:

@@ -137,9 +137,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     what the records guard (namespaces, veths, rules) does not outlive the
     machine either (host-local's own allocations are not fsynced)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -218,6 +223,13 @@ class NetworkManager:
             self.attachments[attachment.container_id] = attachment
         if DEFAULT_NETWORK not in self.networks:
             self.create_network(DEFAULT_NETWORK)  # a file only: its bridge comes with its first use
+        elif self.networks[DEFAULT_NETWORK].subnet != self.default_subnet:
+            log.warning(
+                "the default network keeps its subnet %s: [network] subnet %s applies to a "
+                "new state dir only (or once no container is on it and %s is removed)",
+                self.networks[DEFAULT_NETWORK].subnet, self.default_subnet,
+                self.root / "networks" / f"{DEFAULT_NETWORK}.json",
+            )  # fmt: skip
 
     def close(self) -> None:
         """Unmount the namespace directory when no namespace is pinned in it."""
@@ -284,15 +296,16 @@ class NetworkManager:
             raise FailedPrecondition(
                 f"network {name} has containers on it: {', '.join(users[:10])}"
             )
-        await _iptables.remove_bridge(network.bridge)
-        await _delete_link(network.bridge)  # CNI never deletes a bridge
+        # Gone before anything is awaited: a container made meanwhile cannot join it.
+        del self.networks[name]
         with contextlib.suppress(FileNotFoundError):
             (self.root / "networks" / f"{name}.json").unlink()
-        del self.networks[name]
+        await _iptables.remove_bridge(network.bridge)
+        await _delete_link(network.bridge)  # CNI never deletes a bridge
         with contextlib.suppress(OSError):
-            for entry in (self.ipam_dir / name).iterdir():
+            for entry in (self.ipam_dir / network.cni_name).iterdir():
                 entry.unlink()
-            (self.ipam_dir / name).rmdir()
+            (self.ipam_dir / network.cni_name).rmdir()
         log.info("network %s removed", name)
 
     # -- a container's network ---------------------------------------------------
@@ -330,9 +343,26 @@ class NetworkManager:
         if existing is not None and (existing.plugins or existing.result):
             raise FailedPrecondition(f"container {cid} still has a network being removed")
         attachment = Attachment(cid, mode, published, hostname or cid[:63])
-        _write_json(self._record(cid), attachment.to_json())
+        try:
+            _write_json(self._record(cid), attachment.to_json())
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot record the network of {cid} in {self.root}: {exc.strerror or exc}"
+            ) from None
         self.attachments[cid] = attachment
         return attachment
+
+    def adopt(self, cid: str, mode: Mode, ports: Iterable[PortMapping] = ()) -> Attachment:
+        """Make up the record of an existing container whose record was lost
+        (from its labels): as if an ADD had begun, so that its next start
+        first deletes whatever the chain still holds for it."""
+        attachment = Attachment(cid, mode, check_ports(ports), cid[:63])
+        if mode.kind == "network" and mode.name in self.networks:
+            network = self.networks[mode.name]
+            attachment.network = network.cni_name
+            attachment.plugins = network.plugins(self.ipam_dir)
+        log.warning("the network record of %s was lost: made again from its labels", cid)
+        return self._save(attachment)
 
     def configure_spec(self, spec: dict[str, Any], attachment: Attachment) -> None:
         """Point an OCI spec at the container's network: its namespace (or the
@@ -401,15 +431,16 @@ class NetworkManager:
             if mode.kind == "network":
                 network = self.network(mode.name)
                 plugins = network.plugins(self.ipam_dir)
-                attachment = self._save(replace(attachment, network=network.name,
+                attachment = self._save(replace(attachment, network=network.cni_name,
                                                 plugins=plugins))  # fmt: skip
-                result = await add_chain(network.name, plugins, self._call(attachment, True),
+                result = await add_chain(network.cni_name, plugins, self._call(attachment, True),
                                          dirs=self.plugin_dirs)  # fmt: skip
                 attachment = self._save(replace(attachment, result=result))
-            await anyio.to_thread.run_sync(self._write_files, attachment)
+            peers = self._peers(attachment)
+            await anyio.to_thread.run_sync(self._write_files, attachment, peers)
             log.debug("network of %s ready: %s %s", cid, mode, attachment.address)
         if mode.kind == "network" and mode.name != DEFAULT_NETWORK:
-            await anyio.to_thread.run_sync(self._refresh_hosts, mode.name)
+            await self._refresh_hosts(mode.name)
         return attachment
 
     async def release(self, cid: str) -> None:
@@ -431,7 +462,7 @@ class NetworkManager:
             self._busy.pop(cid, None)
         mode = attachment.mode if attachment is not None else None
         if mode is not None and mode.kind == "network" and mode.name != DEFAULT_NETWORK:
-            await anyio.to_thread.run_sync(self._refresh_hosts, mode.name)
+            await self._refresh_hosts(mode.name)
 
     async def _del(self, attachment: Attachment, pinned: bool) -> None:
         assert attachment.plugins is not None
@@ -455,12 +486,11 @@ class NetworkManager:
         self.attachments[attachment.container_id] = attachment
         return attachment
 
-    def _write_files(self, attachment: Attachment) -> None:
+    def _write_files(self, attachment: Attachment, others: list[tuple[str, str]]) -> None:
         directory = self.files_dir(attachment.container_id)
         directory.mkdir(mode=0o755, exist_ok=True)
         name = attachment.hostname or attachment.container_id[:63]
         own = (attachment.address, name) if attachment.address else None
-        others = self._peers(attachment)
         _files.write_in_place(directory / "hosts", _files.hosts(own, others))
         _files.write_in_place(directory / "resolv.conf", _files.resolv_conf())
         _files.write_in_place(directory / "hostname", name + "\n")
@@ -475,17 +505,24 @@ class NetworkManager:
             if other.container_id != attachment.container_id and other.address
         ]
 
-    def _refresh_hosts(self, name: str) -> None:
-        """Rewrite the hosts file of every container on a user-defined network."""
+    async def _refresh_hosts(self, name: str) -> None:
+        """Rewrite the hosts file of every container on a user-defined network
+        (the texts made here, on the loop that changes the records; written
+        in a thread)."""
+        texts = []
         for attachment in self.members(name):
-            directory = self.files_dir(attachment.container_id)
-            if not (directory / "hosts").exists():
-                continue
             own_name = attachment.hostname or attachment.container_id[:63]
             own = (attachment.address, own_name) if attachment.address else None
-            with contextlib.suppress(OSError):
-                _files.write_in_place(directory / "hosts",
-                                      _files.hosts(own, self._peers(attachment)))  # fmt: skip
+            path = self.files_dir(attachment.container_id) / "hosts"
+            texts.append((path, _files.hosts(own, self._peers(attachment))))
+
+        def write() -> None:
+            for path, text in texts:
+                if path.exists():
+                    with contextlib.suppress(OSError):
+                        _files.write_in_place(path, text)
+
+        await anyio.to_thread.run_sync(write)
 
     # -- at start ----------------------------------------------------------------
 
@@ -502,19 +539,46 @@ class NetworkManager:
                 continue
             log.info("released the network of %s (its container is gone)", cid)
             released.append(cid)
+        # A live container without a record (lost: the daemon makes it again
+        # from its labels) keeps its namespace and files.
         for entry in list((self.root / "netns").iterdir()):
-            if entry.name not in self.attachments:
+            if entry.name not in self.attachments and entry.name not in live:
                 await anyio.to_thread.run_sync(_netns.unpin, entry)
         for entry in list((self.root / "files").iterdir()):
-            if entry.name not in self.attachments:
+            if entry.name not in self.attachments and entry.name not in live:
                 await anyio.to_thread.run_sync(_files.remove_files, entry)
-        known = set(self.attachments)
+        await self._sweep_addresses(live)
+        known = set(self.attachments) | live
         await _iptables.remove_stray_rules(
             known.__contains__,
             [n.subnet for n in self.networks.values()],
             [a.address for a in self.attachments.values() if a.address],
         )
         return released
+
+    async def _sweep_addresses(self, live: set[str]) -> None:
+        """host-local's allocations for containers nobody knows (their record
+        lost with their container): a DEL of the chain releases each, and the
+        rules it holds."""
+        by_cni = {n.cni_name: n for n in self.networks.values()}
+        for directory in list(self.ipam_dir.iterdir()):
+            network = by_cni.get(directory.name)
+            for path in list(directory.iterdir()) if directory.is_dir() else ():
+                if not path.name[:1].isdigit():
+                    continue  # lock, last_reserved_ip.0
+                try:
+                    owner = path.read_text(errors="replace").split("\n", 1)[0].strip()
+                except OSError:
+                    continue
+                if owner in self.attachments or owner in live:
+                    continue
+                if network is None:
+                    path.unlink(missing_ok=True)  # a network that is gone: its file alone
+                    continue
+                call = Invocation(owner, "", IFNAME, {"portMappings": []})
+                await del_chain(network.cni_name, network.plugins(self.ipam_dir), call,
+                                dirs=self.plugin_dirs)  # fmt: skip
+                log.info("released address %s (of %s, gone)", path.name, owner)
 
     # -- counters ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import re
 import socket
 import struct
 import threading
@@ -56,10 +57,16 @@ def is_pinned(path: Path) -> bool:
     return bool(buf.f_type == NSFS_MAGIC)
 
 
+def _unescape(field: bytes) -> bytes:
+    """mountinfo's octal escapes (a space is ``\\040``)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
 def is_mount_point(path: Path) -> bool:
+    """Whether ``path`` (through any links above it) is a mount point."""
+    target = os.fsencode(os.path.realpath(path))
     with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
-        target = os.fsencode(path)
-        return any(line.split(b" ")[4] == target for line in f)
+        return any(_unescape(line.split(b" ")[4]) == target for line in f)
     return False
 
 

@@ -21,6 +21,8 @@ DEFAULT_SUBNET = "10.213.0.0/16"
 #: Where user-defined networks get a /24 when they name no subnet.
 DEFAULT_POOL = "10.214.0.0/16"
 RESERVED_NAMES = ("none", "host", "container")
+#: The start of every CNI network name of ours.
+CNI_PREFIX = "supervisor-"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 IPv4Net = ipaddress.IPv4Network
@@ -68,6 +70,13 @@ class Network:
     subnet: IPv4Net
     bridge: str
     created: float = 0.0
+
+    @property
+    def cni_name(self) -> str:
+        """The network's name in CNI confs, and so in the comments the plugins
+        put on their iptables rules: ours to tell from other CNI users' rules
+        (nerdctl's default network is also called "bridge")."""
+        return CNI_PREFIX + self.name
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:

@@ -74,6 +74,8 @@ def parse_port(spec: str) -> PortMapping:
             raise InvalidArgument(f"port {spec!r}: {host_ip!r} is not an IP address") from None
         if address.version != 4:
             raise InvalidArgument(f"port {spec!r}: only IPv4 addresses can be published")
+        if address.is_multicast or address == ipaddress.IPv4Address("255.255.255.255"):
+            raise InvalidArgument(f"port {spec!r}: {host_ip} is not an address of a host")
         host_ip = "" if address.is_unspecified else str(address)
     else:
         raise InvalidArgument(

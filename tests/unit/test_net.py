@@ -60,6 +60,8 @@ def test_ports_parse_as_docker_takes_them(spec: str, expected: PortMapping) -> N
         ("::1:80:80", "only IPv4 addresses"),
         (":80:80", "the address before the host port is empty"),
         ("1:2:3:4", "is not an IP address"),
+        ("224.0.0.1:80:80", "is not an address of a host"),
+        ("255.255.255.255:80:80", "is not an address of a host"),
         ("x" * 101, "is not [IP:]HOST:CONTAINER"),
     ],
 )
@@ -161,6 +163,14 @@ def test_resolv_conf_drops_loopback_nameservers(tmp_path: Path) -> None:
     assert resolv_conf(tmp_path / "missing") == ""
 
 
+def test_resolv_conf_behind_systemd_resolved_takes_its_upstream_servers(tmp_path: Path) -> None:
+    stub, upstream = tmp_path / "stub", tmp_path / "upstream"
+    stub.write_text("nameserver 127.0.0.53\noptions edns0\nsearch lan\n")
+    upstream.write_text("nameserver 192.0.2.53\nsearch lan\n")
+    assert resolv_conf(stub, upstream) == "nameserver 192.0.2.53\nsearch lan\n"
+    assert resolv_conf(stub, tmp_path / "none") == "options edns0\nsearch lan\n"
+
+
 def test_hosts_lists_itself_then_its_network_by_name() -> None:
     text = hosts(("10.0.0.2", "web"), [("10.0.0.4", "db"), ("10.0.0.3", "api")])
     assert text.startswith("127.0.0.1\tlocalhost\n")
@@ -183,11 +193,12 @@ def test_files_are_rewritten_in_place_and_never_through_a_link(tmp_path: Path) -
     assert target.read_text() == "mine"
 
 
-def test_ids_in_iptables_comments() -> None:
-    line = (
-        '-A POSTROUTING -s 10.0.0.2/32 -m comment --comment "name: \\"bridge\\" id: \\"web\\"" -j X'
-    )
-    assert _ids(line) == {"web"}
+def test_ids_in_iptables_comments_of_our_networks_only() -> None:
+    rule = '-A POSTROUTING -m comment --comment "name: \\"{}\\" id: \\"web\\"" -j X'
+    assert _ids(rule.format("supervisor-bridge")) == {"web"}
+    assert _ids(rule.format("bridge")) == set()  # nerdctl's default network: not ours
+    dnat = '-A CNI-HOSTPORT-DNAT -m comment --comment "dnat name: \\"supervisor-a\\" id: \\"c\\""'
+    assert _ids(dnat) == {"c"}
     assert _ids("-A CNI-FORWARD -s 10.0.0.2/32 -j ACCEPT") == set()
 
 
