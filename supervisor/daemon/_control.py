@@ -526,11 +526,15 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         )
         if problem:
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, one_line(problem))
-        done = await self.daemon.apply(directory)
+        # Carried through when the client goes (each of its steps is bounded):
+        # half a reload would leave removed definitions running until the next.
+        with anyio.CancelScope(shield=True):
+            done = await self.daemon.apply(directory)
         return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
 
     async def reload(self, message: pb.ReloadRequest) -> pb.ApplyResponse:
-        done = await self.daemon.reload()
+        with anyio.CancelScope(shield=True):  # as apply's
+            done = await self.daemon.reload()
         return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
 
     # -- streams -------------------------------------------------------------------
