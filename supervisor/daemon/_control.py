@@ -528,13 +528,11 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             raise GRPCError(grpclib.const.Status.INVALID_ARGUMENT, one_line(problem))
         # Carried through when the client goes (each of its steps is bounded):
         # half a reload would leave removed definitions running until the next.
-        with anyio.CancelScope(shield=True):
-            done = await self.daemon.apply(directory)
+        done = await self.daemon.carried(lambda: self.daemon.apply(directory))
         return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
 
     async def reload(self, message: pb.ReloadRequest) -> pb.ApplyResponse:
-        with anyio.CancelScope(shield=True):  # as apply's
-            done = await self.daemon.reload()
+        done = await self.daemon.carried(self.daemon.reload)  # as apply's
         return pb.ApplyResponse(done.created, done.replaced, done.removed, done.errors)
 
     # -- streams -------------------------------------------------------------------

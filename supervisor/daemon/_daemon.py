@@ -20,9 +20,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -52,6 +53,7 @@ from ._notify import Notifier, watchdog_interval
 from ._output import Listener, publish
 from ._scheduler import EXPECTED
 
+_T = TypeVar("_T")
 log = logging.getLogger("supervisor.daemon")
 
 #: A relist that takes longer counts as containerd being away.
@@ -489,6 +491,28 @@ class Daemon(Keeper):
         for entry in base.iterdir():
             if entry not in used and entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
+
+    async def carried(self, work: Callable[[], Awaitable[_T]]) -> _T:
+        """``await work()`` in a task of the daemon's own: it runs to its end
+        even if the caller (a control call whose client went away) is cancelled."""
+        assert self._tg is not None
+        finished = anyio.Event()
+        results: list[_T] = []
+        errors: list[Exception] = []
+
+        async def run() -> None:
+            try:
+                results.append(await work())
+            except Exception as exc:  # the caller's to raise, not the daemon's
+                errors.append(exc)
+            finally:
+                finished.set()
+
+        self._tg.start_soon(run)
+        await finished.wait()
+        if errors:
+            raise errors[0]
+        return results[0]
 
     async def reload(self) -> Applied:
         """Apply the definitions directory: create new, replace changed, remove gone."""

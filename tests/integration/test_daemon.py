@@ -321,3 +321,28 @@ async def test_apply_after_a_restart_keeps_unchanged_containers(
     done = dirs.cli("apply", str(extra))
     assert (done.code, done.out) == (0, "replaced full\n"), done.err
     assert dirs.cli("rm", "-f", "full").code == 0
+
+
+async def test_a_reload_whose_client_goes_away_still_finishes(dirs: DaemonDirs) -> None:
+    # Slow to stop: it ignores SIGTERM for its 3 s grace, so the reload is
+    # still removing it when its client is killed.
+    stubborn = "trap '' TERM; while true; do sleep 0.1; done"
+    dirs.define("slow", ["sh", "-c", stubborn], "always", stop_timeout="3")
+    dirs.start()
+    await dirs.message("READY=1")
+    (dirs.defs / "slow.toml").unlink()
+    client = dirs.cli_process("reload")
+    async with Client(dirs.address, dirs.namespace) as containerd:
+
+        async def stopping() -> bool:
+            stopped = (await labels(containerd, "slow")).get(PREFIX + "manually-stopped")
+            return stopped == "true" or client.poll() is not None
+
+        await until(stopping)
+        client.kill()
+        client.wait()
+
+        async def gone() -> bool:
+            return "slow" not in [c.id for c in await containerd.list_containers()]
+
+        await until(gone, within=20)
