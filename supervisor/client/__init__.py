@@ -24,6 +24,7 @@ from ._snapshots import Differ as Differ
 from ._snapshots import Snapshots as Snapshots
 from ._spec import DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES
 from ._spec import Mount as Mount
+from ._spec import IMAGE_ROOTFS as IMAGE_ROOTFS
 from ._spec import oci_spec as oci_spec
 from ._spec import process_spec as process_spec
 from ._store_types import ContentInfo as ContentInfo
@@ -45,6 +46,7 @@ from ._types import TaskStatus as TaskStatus
 from ._types import Version as Version
 
 __all__ = (
+    "IMAGE_ROOTFS",
     "DEFAULT_ADDRESS",
     "DEFAULT_CAPABILITIES",
     "DEFAULT_FIFO_DIR",

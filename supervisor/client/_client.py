@@ -3,11 +3,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -25,6 +25,7 @@ from ..errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    SupervisorError,
     Unavailable,
     map_errors,
 )
@@ -37,9 +38,13 @@ from ._io import FifoIO, NullIO, ProcessIO
 from ._leases import DEFAULT_LEASE_EXPIRY, Leases, Stores
 from ._listing import RawReply, decode_containers, decode_metrics, decode_tasks
 from ._snapshots import DEFAULT_SNAPSHOTTER, Differ, Snapshots
+from ._spec import IMAGE_ROOTFS
 from ._store_types import RootfsMount
 from ._tasks import Task
 from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
+
+if TYPE_CHECKING:
+    from ..images import Image, PullProgress
 
 log = logging.getLogger("supervisor.client")
 
@@ -94,6 +99,8 @@ def container_info(c: containers_pb.Container) -> ContainerInfo:
         runtime=runtime,
         spec=spec,
         image=c.image,
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
         created_at=_wire.timestamp(c.created_at),
         updated_at=_wire.timestamp(c.updated_at),
         runtime_options=_wire.runc_options_from(c.runtime.options if c.runtime else None),
@@ -256,10 +263,13 @@ class Client:
         """Create a container record from an OCI spec (see :func:`oci_spec`).
 
         A spec without ``linux.cgroupsPath`` gets ``/<namespace>/<id>``.
-        ``snapshot_key`` names the container's snapshot (of the client's
-        snapshotter), which the record then keeps from garbage collection; its
-        spec's ``root.path`` is then ``rootfs`` and the task gets the
-        snapshot's mounts (``new_task(rootfs=...)``). ``image`` is recorded.
+        ``image`` (a reference, e.g. ``busybox:1.36``, already pulled: see
+        :meth:`pull`) gives the container a writable snapshot of its own on the
+        image, keyed by the container's id: the spec's ``root.path`` becomes
+        ``rootfs`` (:data:`IMAGE_ROOTFS`), :meth:`Container.new_task` mounts it
+        and :meth:`Container.delete` removes it. (``snapshot_key`` instead
+        names a snapshot the caller made, under a lease that lasts until the
+        record exists; ``image`` is then only recorded.)
         """
         self._check_open()
         validate_id(container_id, "container id")
@@ -268,6 +278,11 @@ class Client:
         if not isinstance(spec.get("root"), Mapping) or not spec["root"].get("path"):
             raise InvalidArgument("spec must have root.path")
         spec = dict(spec)
+        if image and not snapshot_key:
+            return await self._create_from_image(
+                container_id, spec, image, labels=labels, runtime=runtime,
+                runtime_options=runtime_options,
+            )  # fmt: skip
         linux = dict(spec.get("linux") or {})
         if runtime_options is not None and runtime_options.systemd_cgroup:
             linux.setdefault("cgroupsPath", f"system.slice:{self.namespace}:{container_id}")
@@ -292,6 +307,37 @@ class Client:
             )
         assert reply.container is not None
         return Container(self, container_info(reply.container))
+
+    async def _create_from_image(
+        self, container_id: str, spec: dict[str, Any], image: str, **options: Any
+    ) -> Container:
+        from ..images import normalize, prepare_rootfs, remove_rootfs
+
+        name = normalize(image)
+        spec["root"] = {**spec["root"], "path": IMAGE_ROOTFS}
+        async with self.lease() as leased:
+            await prepare_rootfs(leased, container_id, name)
+            try:
+                return await self.create_container(
+                    container_id, spec, snapshot_key=container_id, image=name, **options
+                )
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError):
+                    await remove_rootfs(leased, container_id)
+                raise
+
+    async def pull(
+        self,
+        ref: str,
+        *,
+        platform: str | None = None,
+        progress: Callable[[PullProgress], None] | None = None,
+    ) -> Image:
+        """Pull an image from its registry and unpack it (see
+        :func:`supervisor.images.pull`, which this calls)."""
+        from ..images import pull
+
+        return await pull(self, ref, platform=platform, progress=progress)
 
     async def load_container(self, container_id: str) -> Container:
         """A handle on an existing container; ``NotFound`` if there is none."""
@@ -418,6 +464,11 @@ class Container:
             await self.client._containers_stub.delete(
                 containers_pb.DeleteContainerRequest(id=self.id)
             )
+        if self.info.snapshot_key:
+            # The record kept it from garbage collection: it goes now.
+            with contextlib.suppress(NotFound), map_errors(f"remove snapshot {self.id}"):
+                snapshots = self.client.stores.with_snapshotter(self.info.snapshotter).snapshots
+                await snapshots.remove(self.info.snapshot_key)
 
     async def new_task(
         self,
@@ -432,7 +483,8 @@ class Container:
         The task owns ``io`` from here on: it is closed when the task is
         deleted, or at once if creation fails. ``restore_from`` restores a
         checkpoint written by :meth:`Task.checkpoint`. ``rootfs`` are the
-        mounts of the container's snapshot (see :meth:`Client.create_container`).
+        mounts of the container's snapshot (see :meth:`Client.create_container`);
+        left empty, a container with a snapshot gets its mounts.
         """
         io = io or NullIO()
         created = False
@@ -444,6 +496,9 @@ class Container:
                     f"container {self.id}: the spec's process.terminal is "
                     f"{bool(process.get('terminal'))} but the IO's terminal is {io.terminal}"
                 )
+            if not rootfs and self.info.snapshot_key:
+                snapshots = self.client.stores.with_snapshotter(self.info.snapshotter).snapshots
+                rootfs = await snapshots.mounts(self.info.snapshot_key)
             options = None
             if restore_from is not None or runtime_options is not None:
                 # Task options replace the container's: start from those.

@@ -166,7 +166,7 @@ def _any(value: int | bytes) -> tuple[str, bytes]:
 
 
 def _container(buf: bytes) -> ContainerInfo:
-    cid = image = runtime = ""
+    cid = image = runtime = snapshotter = snapshot_key = ""
     labels: dict[str, str] = {}
     spec = b""
     options: tuple[str, bytes] | None = None
@@ -192,6 +192,10 @@ def _container(buf: bytes) -> ContainerInfo:
                     options = _any(item)
         elif number == 5:
             spec = _any(value)[1]
+        elif number == 6:
+            snapshotter = _bytes(value).decode()
+        elif number == 7:
+            snapshot_key = _bytes(value).decode()
         elif number == 8:
             created = _time(value)
         elif number == 9:
@@ -205,6 +209,8 @@ def _container(buf: bytes) -> ContainerInfo:
         created_at=created,
         updated_at=updated,
         runtime_options=_runc_options(options),
+        snapshotter=snapshotter,
+        snapshot_key=snapshot_key,
     )
 
 

@@ -82,6 +82,9 @@ class ContainerInfo:
     created_at: datetime | None
     updated_at: datetime | None
     runtime_options: RuncOptions | None = None
+    #: The container's own snapshot (of ``snapshotter``), if it has one.
+    snapshotter: str = ""
+    snapshot_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

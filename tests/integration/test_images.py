@@ -15,11 +15,12 @@ import pytest
 from anyio.abc import SocketStream
 
 from supervisor import Client
-from supervisor.client import FifoIO, oci_spec
+from supervisor.client import IMAGE_ROOTFS, FifoIO, oci_spec
 from supervisor.errors import (
     DigestMismatch,
     ImageError,
     InvalidArgument,
+    NotFound,
     PlatformNotFound,
     RegistryError,
 )
@@ -438,3 +439,26 @@ async def test_rootfs_needs_a_lease(client: Client, registry: Registry) -> None:
     with pytest.raises(InvalidArgument, match="leased"):
         await prepare_rootfs(client.stores, "nolease", image)
     await remove_image(client, image.name, sync=True)
+
+
+async def test_the_client_alone_pulls_and_runs_an_image(client: Client, registry: Registry) -> None:
+    ref = f"{registry.host}/t/bb:1"
+    image = await client.pull(ref)
+    spec = oci_spec(IMAGE_ROOTFS, ["cat", "/hello.txt"])
+    container = await client.create_container("fromimage", spec, image=ref)
+    assert (container.info.image, container.info.snapshot_key) == (image.name, "fromimage")
+    assert [s.name for s in await client.snapshots.list() if s.name == "fromimage"] == ["fromimage"]
+    io = FifoIO.create(client.fifo_dir, "fromimage")
+    task = await container.new_task(io)  # its snapshot's mounts, found by itself
+    await task.start()
+    with anyio.fail_after(WAIT):
+        out = await io.stdout_reader.read_all()
+        assert (await task.wait()).code == 0
+    await task.delete()
+    assert out == b"hello from the image\n"
+    await container.delete()  # and its snapshot with it
+    assert "fromimage" not in [s.name for s in await client.snapshots.list()]
+    with pytest.raises(NotFound):
+        await client.create_container("nope", spec, image=f"{registry.host}/t/absent:1")
+    assert "nope" not in [s.name for s in await client.snapshots.list()]
+    await remove_image(client, ref, sync=True)
