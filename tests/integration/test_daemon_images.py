@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from supervisor import Client
 from supervisor.images import prepare_rootfs
+from supervisor.testing import skopeo_copy
 
 from .daemon_harness import DaemonDirs, dirs, until
 from .test_cli import ps, ready
@@ -167,3 +169,26 @@ async def _tick() -> None:
     import anyio
 
     await anyio.sleep(0.05)
+
+
+async def test_import_save_and_an_empty_entrypoint(
+    dirs: DaemonDirs, registry: Registry, tmp_path: Path
+) -> None:
+    await ready(dirs)
+    archive = tmp_path / "docker.tar"
+    skopeo_copy(f"oci:{registry.layout}:1", f"docker-archive:{archive}:t/dock:2")
+    done = dirs.cli("image", "import", str(archive))
+    assert (done.code, done.out) == (0, "docker.io/t/dock:2\n"), done.err
+    # --entrypoint "" drops the image's (sh -c): the command runs as it is.
+    done = dirs.cli("run", "--rm", "--entrypoint", "", "t/dock:2", "echo", "hi")
+    assert (done.code, done.out) == (0, "hi\n"), done.err
+    saved = tmp_path / "saved.tar"
+    assert dirs.cli("image", "save", "t/dock:2", "-o", str(saved)).code == 0
+    assert dirs.cli("rmi", "t/dock:2").code == 0
+    done = dirs.cli("image", "import", str(saved))
+    assert (done.code, done.out) == (0, "docker.io/t/dock:2\n"), done.err
+    done = dirs.cli("run", "--rm", "t/dock:2", "cat /hello.txt")
+    assert (done.code, done.out) == (0, "hello from the image\n"), done.err
+    done = dirs.cli("image", "import", str(tmp_path / "missing.tar"))
+    assert done.code == 125 and done.err.count("\n") == 1, done.err
+    assert dirs.cli("rmi", "t/dock:2").code == 0
