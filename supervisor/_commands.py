@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 _SERVICE = "/supervisor.v1.Control/"
 #: Seconds a quick call may take (a `stop -t T` adds T).
 DEADLINE = 300.0
+#: `run -d` of an image may pull it first (the daemon bounds a pull at 30 min).
+RUN_DEADLINE = 1900.0
 #: Calls in flight at once when a verb is given several ids.
 IN_FLIGHT = 8
 
@@ -272,7 +274,7 @@ def _ports_text(ports: Sequence[str]) -> str:
 
 def _run(channel: Channel, args: argparse.Namespace) -> int:
     """``run -d`` (an attached run is in _attached): the request and the first reply."""
-    first = _unary(channel, "Run", run_request(args), "RunOutput")
+    first = _unary(channel, "Run", run_request(args), "RunOutput", timeout=RUN_DEADLINE)
     if first.started is None:
         raise SupervisorError("the daemon did not start the container")
     print(first.started.id)

@@ -395,7 +395,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
 
         def progress(update: PullProgress) -> None:
             now = time.monotonic()
-            final = update.status.value in ("done", "exists")
+            final = update.status.value in ("downloaded", "unpacked", "exists")
             if not final and now - last.get(update.digest, 0.0) < PULL_PROGRESS_INTERVAL:
                 return
             last[update.digest] = now
@@ -406,7 +406,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 ))  # fmt: skip
 
         async def run() -> None:
-            async with send:
+            async with send, self.daemon.pulls.using():
                 image = await self.daemon.pulls.pull(
                     self.daemon.client, name, platform=platform, progress=progress
                 )
@@ -450,14 +450,16 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                     f"image {name} is used by {', '.join(sorted(users)[:10])}; "
                     "remove them first or use --force"
                 )
-            await remove_image(self.daemon.client, name, sync=True)
+            async with self.daemon.pulls.removing():  # no pull or create from images meanwhile
+                await remove_image(self.daemon.client, name, sync=True)
         return pb.ImageRemoveResponse()
 
     async def image_prune(self, message: pb.ImagePruneRequest) -> pb.ImagePruneResponse:
         from ..images import prune_images
 
         with _status():
-            removed = await prune_images(self.daemon.client, sync=True)
+            async with self.daemon.pulls.removing():
+                removed = await prune_images(self.daemon.client, sync=True)
         return pb.ImagePruneResponse(removed=removed)
 
     async def image_import(self, message: pb.ImageImportRequest) -> pb.ImageImportResponse:

@@ -549,11 +549,23 @@ class Daemon(Keeper):
         containerd refused it (reported), None when it should be tried again."""
         labels = {**self._labels(definition, source), NEXT_START: f"{time.time():.6f}"}
         try:
-            image = await self.image_for(definition)
-            with anyio.fail_after(OPERATION_TIMEOUT):
-                async with self._lock(definition.id):
-                    await self.make(definition, labels, image)
-                    self.definitions[definition.id] = definition
+            async with self.pulls.using():  # no image removal meanwhile
+                if definition.image and source == "definitions" and self._tg is not None:
+                    # In the background: the daemon is READY, answers and
+                    # stops on SIGTERM while a big image comes.
+                    image = await self.pulls.ready(
+                        self.client, definition.image, definition.pull, self._tg,
+                        lambda: self._definitions_dirty.set(),
+                    )  # fmt: skip
+                    if image is None:
+                        log.info("%s waits for its image %s", definition.id, definition.image)
+                        return None
+                else:
+                    image = await self.image_for(definition)
+                with anyio.fail_after(OPERATION_TIMEOUT):
+                    async with self._lock(definition.id):
+                        await self.make(definition, labels, image)
+                        self.definitions[definition.id] = definition
         except (Unavailable, TimeoutError, AlreadyExists, RegistryError, OSError) as exc:
             log.warning("cannot create %s yet (%s); retrying", definition.id, exc)
             return None

@@ -11,15 +11,16 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..client import RootfsMount
-from ..errors import InvalidArgument, NotFound
+from ..errors import ImageError, InvalidArgument, NotFound, SupervisorError
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -79,11 +80,58 @@ def _signal_number(text: str) -> int:
 
 
 class Pulls:
-    """One pull at a time per image; those who ask meanwhile wait for it."""
+    """The daemon's pulls: one at a time per image (those who ask meanwhile
+    wait for it), in the background for definitions (so that the daemon is
+    READY and answers while a big image comes), and never while an image is
+    being removed: pulls and creates from images hold :meth:`using`, removals
+    :meth:`removing`, since a layer found present (and so not leased by the
+    pull) is otherwise free for garbage collection once its last image goes."""
 
     def __init__(self, insecure: Sequence[str] = ()) -> None:
         self._locks: dict[str, anyio.Lock] = {}
         self.insecure = tuple(insecure)
+        self._changed = anyio.Condition()
+        self._users = 0
+        self._removing = False
+        self._running: set[str] = set()
+        self._fresh: set[str] = set()  # pulled in the background, not used yet
+
+    @contextlib.asynccontextmanager
+    async def using(self) -> AsyncIterator[None]:
+        """Held by whatever reads images (pulls, containers being made)."""
+        async with self._changed:
+            while self._removing:
+                await self._changed.wait()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self._users -= 1
+                    self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def removing(self) -> AsyncIterator[None]:
+        """Held while images are removed: waits for every :meth:`using`."""
+        async with self._changed:
+            while self._removing:
+                await self._changed.wait()
+            self._removing = True
+            try:
+                while self._users:
+                    await self._changed.wait()
+            except BaseException:
+                self._removing = False
+                self._changed.notify_all()
+                raise
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self._removing = False
+                    self._changed.notify_all()
 
     async def pull(
         self,
@@ -102,7 +150,8 @@ class Pulls:
 
     async def ensure(self, client: Client, ref: str, policy: str, *, force: bool = False) -> Image:
         """The image named ``ref``, pulled as ``policy`` says (``missing``,
-        ``always``, ``never``; ``force``: pull whatever the policy)."""
+        ``always``, ``never``; ``force``: pull whatever the policy). Call it
+        under :meth:`using`."""
         from ..images import resolve_image
 
         name = normalize_image(ref)
@@ -111,7 +160,7 @@ class Pulls:
             if policy != "always" and not force:
                 try:
                     return await resolve_image(client, name)
-                except NotFound:
+                except (NotFound, ImageError):  # absent, or not for this platform
                     if policy == "never":
                         raise NotFound(
                             f"image {name} is not here and its pull policy is never"
@@ -121,6 +170,44 @@ class Pulls:
                 image = await self.pull(client, name)
             log.info("pulled %s (%s)", name, image.digest)
             return image
+
+    async def ready(
+        self, client: Client, ref: str, policy: str, tg: TaskGroup, done: Callable[[], None]
+    ) -> Image | None:
+        """The image, if it is here as ``policy`` wants; otherwise None, and a
+        pull started in ``tg`` (one per image) that calls ``done`` when over."""
+        from ..images import resolve_image
+
+        name = normalize_image(ref)
+        if name in self._running:
+            return None
+        if policy == "always" and name not in self._fresh:
+            self._start(client, name, tg, done)
+            return None
+        try:
+            image = await resolve_image(client, name)
+        except (NotFound, ImageError):
+            if policy == "never":
+                raise NotFound(f"image {name} is not here and its pull policy is never") from None
+            self._start(client, name, tg, done)
+            return None
+        self._fresh.discard(name)
+        return image
+
+    def _start(self, client: Client, name: str, tg: TaskGroup, done: Callable[[], None]) -> None:
+        self._running.add(name)
+        tg.start_soon(self._background, client, name, done)
+
+    async def _background(self, client: Client, name: str, done: Callable[[], None]) -> None:
+        try:
+            async with self.using():
+                await self.ensure(client, name, "always")
+            self._fresh.add(name)
+        except (SupervisorError, OSError, TimeoutError) as exc:
+            log.error("cannot pull %s: %s", name, exc)
+        finally:
+            self._running.discard(name)
+            done()
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -571,20 +571,21 @@ class Keeper:
         labels = self._labels(definition, source="api")
         if remove:
             labels[REMOVE_ON_EXIT] = "true"
-        image = await self.image_for(definition)
-        with anyio.fail_after(OPERATION_TIMEOUT):
-            async with self._lock(cid):
-                container = await self.make(definition, labels, image)
-                self.definitions[cid] = definition
-                try:
-                    task = await self._start_task(container, stdin=stdin)
-                except BaseException:
-                    if not await self._undo_run(container):
-                        # containerd went away: the removal is retried by sync,
-                        # the container stays known until it is gone.
-                        self._doomed.add(cid)
-                        self.scheduler.request(cid)
-                    raise
+        async with self.pulls.using():  # no image removal meanwhile
+            image = await self.image_for(definition)
+            with anyio.fail_after(OPERATION_TIMEOUT):
+                async with self._lock(cid):
+                    container = await self.make(definition, labels, image)
+                    self.definitions[cid] = definition
+                    try:
+                        task = await self._start_task(container, stdin=stdin)
+                    except BaseException:
+                        if not await self._undo_run(container):
+                            # containerd went away: the removal is retried by sync,
+                            # the container stays known until it is gone.
+                            self._doomed.add(cid)
+                            self.scheduler.request(cid)
+                        raise
         self.scheduler.request(cid)
         assert isinstance(task.io, FifoIO)
         return task.io

@@ -88,7 +88,12 @@ async def apply_layer(
 ) -> None:
     """Make committed snapshot ``chain`` = ``parent`` + ``layer``."""
     key = f"extract-{uuid.uuid4().hex} {chain}"
-    mounts = await stores.snapshots.prepare(key, parent, labels={SNAPSHOT_REF_LABEL: chain})
+    try:
+        mounts = await stores.snapshots.prepare(key, parent, labels={SNAPSHOT_REF_LABEL: chain})
+    except AlreadyExists:
+        # containerd's answer when the snapshot that label names exists (made
+        # meanwhile by another pull sharing the layer); it is then in our lease.
+        return
     try:
         applied = await stores.diff.apply(layer, mounts)
         if applied.digest != diff_id:

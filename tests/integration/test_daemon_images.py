@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -132,9 +134,13 @@ async def test_a_definition_with_an_image_survives_a_daemon_kill(
     (dirs.defs / "app.toml").write_text(
         f'image = "{ref}"\ncommand = ["{WAIT_FOR_DIE}"]\nrestart = "always"\n'
     )
-    await ready(dirs)  # pulled, created and started before READY
+    await ready(dirs)  # READY at once: the image is pulled in the background
+
+    async def running() -> bool:
+        return [(c["status"], c["image"]) for c in ps(dirs)] == [("running", ref)]
+
+    await until(running)
     [info] = ps(dirs)
-    assert info["status"] == "running" and info["image"] == ref
     pid = info["pid"]
     dirs.procs[-1].send_signal(signal.SIGKILL)
     dirs.procs[-1].wait()
@@ -192,3 +198,35 @@ async def test_import_save_and_an_empty_entrypoint(
     done = dirs.cli("image", "import", str(tmp_path / "missing.tar"))
     assert done.code == 125 and done.err.count("\n") == 1, done.err
     assert dirs.cli("rmi", "t/dock:2").code == 0
+
+
+async def test_a_definition_waiting_for_its_image_holds_neither_ready_nor_sigterm(
+    dirs: DaemonDirs,
+) -> None:
+    # A "registry" that takes connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        port = silent.getsockname()[1]
+        (dirs.defs / "slow.toml").write_text(f'image = "127.0.0.1:{port}/slow/app:1"\n')
+        started = time.monotonic()
+        await ready(dirs)
+        assert time.monotonic() - started < 30
+        assert [c["id"] for c in ps(dirs, "-a")] == []  # waiting for its image
+        assert "slow waits for its image" in dirs.output()
+        dirs.procs[-1].terminate()
+        assert dirs.procs[-1].wait(30) == 0
+    finally:
+        silent.close()
+
+
+async def test_pulls_of_images_sharing_layers_at_once(dirs: DaemonDirs, registry: Registry) -> None:
+    await ready(dirs)
+    refs = [f"{registry.host}/t/bb:1", f"{registry.host}/t/bb:v2s2", f"{registry.host}/t/bb:multi"]
+    for _ in range(3):
+        pulls = [dirs.cli_process("pull", "-q", ref) for ref in refs]
+        outcomes = [(p.wait(120), p.stderr.read()) for p in pulls]  # type: ignore[union-attr]
+        assert outcomes == [(0, b"")] * 3
+        assert dirs.cli("rmi", *refs).code == 0
+    assert ctr(dirs, "images", "ls", "-q") == []
