@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,15 +95,15 @@ def _default_mounts() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
+def _lookup(read: Reader, where: str, table: str, name: str) -> tuple[int, int]:
     """Find ``name`` in the rootfs's /etc/passwd or /etc/group: (id, gid).
 
-    The container may have written those files: they are read inside the
-    rootfs, and only if they are small regular files (see :func:`read_in_root`).
+    The container may have written those files: ``read`` reads inside the
+    rootfs, and only small regular files (see :func:`read_in_root`).
     """
     kind = "user" if table == "passwd" else "group"
     try:
-        lines = read_in_root(rootfs, f"etc/{table}").decode(errors="replace").splitlines()
+        lines = read(f"etc/{table}").decode(errors="replace").splitlines()
     except (FileNotFoundError, NotADirectoryError):
         lines = []
     except InvalidArgument as exc:
@@ -117,8 +117,11 @@ def _lookup(rootfs: Path, table: str, name: str) -> tuple[int, int]:
             except (ValueError, IndexError):
                 break
 
-    raise InvalidArgument(f"{kind} {name!r} is not in {rootfs}/etc/{table}")
+    raise InvalidArgument(f"{kind} {name!r} is not in {where}/etc/{table}")
 
+
+#: Reads a file by its path relative to a container's root.
+Reader = Callable[[str], bytes]
 
 #: Linux ids are 32 bits; (uid_t)-1 means "none" to the kernel.
 _MAX_ID = 2**32 - 2
@@ -133,22 +136,29 @@ def _id_number(text: str, what: str) -> int:
     return int(text)
 
 
-def parse_user(user: str, rootfs: Path | None = None) -> dict[str, int]:
-    """Turn ``uid[:gid]`` or ``name[:group]`` into an OCI user object."""
+def parse_user(
+    user: str, rootfs: Path | None = None, *, read: Reader | None = None, where: str = ""
+) -> dict[str, int]:
+    """Turn ``uid[:gid]`` or ``name[:group]`` into an OCI user object. Names
+    are read from ``rootfs`` (or with ``read``, which reads a path relative to
+    the container's root, shown as ``where``)."""
+    if read is None and rootfs is not None:
+        root = rootfs
+        read, where = (lambda relative: read_in_root(root, relative)), str(rootfs)
     name, _, group = user.partition(":")
     if not name:
         raise InvalidArgument(f"user {user!r} is empty")
     if name.isdigit():
         uid, gid = _id_number(name, "user"), 0
-    elif rootfs is not None:
-        uid, gid = _lookup(rootfs, "passwd", name)
+    elif read is not None:
+        uid, gid = _lookup(read, where, "passwd", name)
     else:
         raise InvalidArgument(f"user {name!r} must be numeric here")
     if group:
         if group.isdigit():
             gid = _id_number(group, "group")
-        elif rootfs is not None:
-            gid = _lookup(rootfs, "group", group)[0]
+        elif read is not None:
+            gid = _lookup(read, where, "group", group)[0]
         else:
             raise InvalidArgument(f"group {group!r} must be numeric here")
     return {"uid": uid, "gid": gid}

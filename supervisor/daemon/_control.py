@@ -44,6 +44,7 @@ from ..errors import (
     one_line,
     to_grpc,
 )
+from ..images import rootfs_mounts
 from ..net import DEFAULT_NETWORK, Mode, parse_port
 from ..net._ports import check_ports
 from ._definitions import (
@@ -55,7 +56,7 @@ from ._definitions import (
     ContainerDefinition,
     directory_problem,
 )
-from ._images import normalize_image
+from ._images import lookup_user, normalize_image
 from ._labels import (
     COMMAND,
     EXIT_CODE,
@@ -753,7 +754,12 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 process["env"] = [*process.get("env", []), *extra]
             if start.cwd:
                 process["cwd"] = start.cwd
-            if start.user:
+            if start.user and container.info.snapshot_key:
+                # Names from the container's own snapshot (in a thread: files).
+                mounts = await rootfs_mounts(self.daemon.client, start.id)
+                user = await anyio.to_thread.run_sync(lookup_user, mounts, start.user)
+                process["user"] = parse_user(user)
+            elif start.user:
                 rootfs = (container.info.spec.get("root") or {}).get("path")
                 # In a thread: it reads the container's own /etc/passwd.
                 process["user"] = await anyio.to_thread.run_sync(

@@ -5,12 +5,9 @@ and names of users looked up in a container's own snapshot."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
-import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..client import RootfsMount
+from ..client._rootfs import read_in_root
 from ..errors import ImageError, InvalidArgument, NotFound, SupervisorError
 
 if TYPE_CHECKING:
@@ -31,8 +29,6 @@ log = logging.getLogger("supervisor.daemon")
 
 #: Bound on a pull the daemon makes for a container (a slow registry, big layers).
 PULL_TIMEOUT = 1800.0
-MNT_DETACH = 2
-MS_RDONLY = 1
 
 
 def normalize_image(ref: str) -> str:
@@ -210,42 +206,57 @@ class Pulls:
             done()
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def lookup_user(mounts: Sequence[RootfsMount], user: str) -> str:
     """``user`` as numbers (``uid:gid``), names read from the container's own
-    /etc/passwd and /etc/group: its snapshot is mounted read-only in a private
-    directory for that (blocking; a thread)."""
+    /etc/passwd and /etc/group, found in its snapshot's layers as overlayfs
+    would show them (the topmost layer that has the file; a whiteout or an
+    opaque /etc hides the ones below), each read inside its own layer
+    (blocking; a thread). Nothing is mounted: an image may have more layers
+    than one mount's options can name."""
     from ..client._spec import parse_user
 
     name, _, group = user.partition(":")
     if name.isdigit() and (not group or group.isdigit()):
         return user
-    with _mounted(mounts) as root:
-        ids = parse_user(user, root)
+    layers = _layers(mounts)
+    ids = parse_user(user, read=lambda relative: _read_layered(layers, relative),
+                     where="the image's ")  # fmt: skip
     return f"{ids['uid']}:{ids['gid']}"
 
 
-@contextlib.contextmanager
-def _mounted(mounts: Sequence[RootfsMount]) -> Any:
+def _layers(mounts: Sequence[RootfsMount]) -> list[Path]:
+    """The directories of a snapshot's mounts, the topmost first."""
     if len(mounts) != 1:
         raise InvalidArgument(f"cannot read a rootfs of {len(mounts)} mounts")
     mount = mounts[0]
     if mount.type == "bind":
-        yield Path(mount.source)
-        return
-    target = Path(tempfile.mkdtemp(prefix="supervisor-rootfs-"))
-    options = ",".join(o for o in mount.options if o not in ("rw", "ro"))
-    try:
-        if _libc.mount(mount.source.encode(), bytes(target), mount.type.encode(), MS_RDONLY,
-                       options.encode()) != 0:  # fmt: skip
-            err = ctypes.get_errno()
-            raise InvalidArgument(f"cannot mount the container's rootfs: {os.strerror(err)}")
+        return [Path(mount.source)]
+    upper: list[Path] = []
+    lower: list[Path] = []
+    for option in mount.options:
+        key, _, value = option.partition("=")
+        if key == "upperdir":
+            upper = [Path(value)]
+        elif key == "lowerdir":
+            lower = [Path(p) for p in value.split(":") if p]
+    if not lower:
+        raise InvalidArgument(f"cannot read a rootfs mounted as {mount.type}")
+    return upper + lower
+
+
+def _read_layered(layers: Sequence[Path], relative: str) -> bytes:
+    parent, _, _ = relative.rpartition("/")
+    for layer in layers:
         try:
-            yield target
-        finally:
-            _libc.umount2(bytes(target), MNT_DETACH)
-    finally:
+            return read_in_root(layer, relative)
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # not in this layer: a lower one may have it
+        except InvalidArgument:
+            # Not a regular file here: an overlayfs whiteout (a character
+            # device) hides the file of every layer below; so would anything else.
+            raise FileNotFoundError(relative) from None
         with contextlib.suppress(OSError):
-            target.rmdir()
+            opaque = os.getxattr(layer / parent, "trusted.overlay.opaque", follow_symlinks=False)
+            if opaque == b"y":
+                break
+    raise FileNotFoundError(relative)

@@ -15,7 +15,7 @@ import pytest
 
 from supervisor import Client
 from supervisor.images import prepare_rootfs
-from supervisor.testing import skopeo_copy
+from supervisor.testing import build_image, busybox_layers, skopeo_copy, write_layout
 
 from .daemon_harness import DaemonDirs, dirs, until
 from .test_cli import ps, ready
@@ -230,3 +230,24 @@ async def test_pulls_of_images_sharing_layers_at_once(dirs: DaemonDirs, registry
         assert outcomes == [(0, b"")] * 3
         assert dirs.cli("rmi", *refs).code == 0
     assert ctr(dirs, "images", "ls", "-q") == []
+
+
+async def test_users_by_name_in_an_image_of_many_layers_and_in_exec(
+    dirs: DaemonDirs, registry: Registry, tmp_path: Path
+) -> None:
+    # 48 layers: more than one mount's options (a page) can name with full paths.
+    layers = [*busybox_layers(), *({f"l{i}": b"x"} for i in range(45))]
+    image = build_image(layers, config={"Cmd": ["sleep", "1000"]})
+    layout = write_layout(tmp_path / "layout", {"many": [image]})
+    ref = f"{registry.host}/t/many:1"
+    skopeo_copy(f"oci:{layout}:many", f"docker://{ref}")
+    await ready(dirs)
+    done = dirs.cli("run", "--rm", "-u", "nobody", ref, "id", "-u")
+    assert (done.code, done.out) == (0, "65534\n"), done.err
+    assert dirs.cli("run", "-d", "--name", "e", ref).code == 0
+    done = dirs.cli("exec", "-u", "nobody:nogroup", "e", "id")
+    assert (done.code, done.out) == (0, "uid=65534(nobody) gid=65534(nogroup)\n"), done
+    done = dirs.cli("exec", "-u", "nosuch", "e", "true")
+    assert done.code == 125 and "'nosuch' is not in the image's /etc/passwd" in done.err, done
+    assert dirs.cli("rm", "-f", "e").code == 0
+    assert dirs.cli("rmi", ref).code == 0
