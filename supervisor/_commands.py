@@ -633,7 +633,7 @@ def _image(channel: Channel, args: argparse.Namespace) -> int:
             print(name)
         return 0
     if verb == "import":
-        request = new("ImageImportRequest", path=os.path.abspath(args.file))
+        request = new("ImageImportRequest", path=os.path.abspath(args.file), name=args.name)
         reply = _unary(channel, "ImageImport", request, "ImageImportResponse", timeout=None)
         for name in reply.names:
             print(name)

@@ -169,6 +169,7 @@ def _image_arguments(p: argparse.ArgumentParser) -> None:
     _rmi_arguments(sub.add_parser("rm", help="remove images"))
     sub.add_parser("prune", help="remove the images no container uses")
     imported = sub.add_parser("import", help="import an OCI or docker-save archive")
+    imported.add_argument("--name", default="", help="the name of images the archive does not name")
     imported.add_argument("file")
     saved = sub.add_parser("save", help="save an image as an OCI archive")
     saved.add_argument("-o", "--output", required=True, help="the archive to write")

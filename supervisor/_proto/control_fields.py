@@ -99,6 +99,7 @@ MESSAGES = {
     ),
     'ImageImportRequest': (
         ('path', 1, 'string', False, ''),
+        ('name', 2, 'string', False, ''),
     ),
     'ImageImportResponse': (
         ('names', 1, 'string', True, ''),

@@ -470,7 +470,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             path = Path(message.path)
             if not path.is_absolute():
                 raise InvalidArgument(f"{message.path!r} must be an absolute path")
-            images = await import_archive(self.daemon.client, path)
+            base = message.name or None
+            images = await import_archive(self.daemon.client, path, base_name=base)
         return pb.ImageImportResponse(names=[i.name for i in images])
 
     async def image_save(self, message: pb.ImageSaveRequest) -> pb.ImageSaveResponse:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tarfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,12 @@ _BLOCK = 512
 @dataclass
 class _Archive:
     tar: tarfile.TarFile
+    file: IO[bytes]
     members: dict[str, tarfile.TarInfo] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.tar.close()  # a TarFile given a file object leaves it open
+        self.file.close()
 
     def has(self, name: str) -> bool:
         return _member(name) in self.members
@@ -76,10 +82,37 @@ def _member(name: str) -> str:
 
 def _open_archive(path: Path) -> _Archive:
     try:
-        tar = tarfile.open(path, "r:*")  # noqa: SIM115 (import_archive closes it)
+        # Opened without blocking and checked: a FIFO or a device is refused,
+        # never read (or waited on) for ever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        file = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        tar = tarfile.open(fileobj=file, mode="r:*")  # noqa: SIM115 (import_archive closes it)
     except (OSError, tarfile.TarError) as exc:
+        file.close()
         raise InvalidArgument(f"{path}: not a readable tar archive ({exc})") from None
-    archive = _Archive(tar)
+    archive = _Archive(tar, file)
+    try:
+        _index(archive, tar)
+    except RecursionError:
+        archive.close()
+        raise InvalidArgument(f"{path}: links in the archive nest too deep") from None
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def _index(archive: _Archive, tar: tarfile.TarFile) -> None:
     for info in tar.getmembers():
         if info.isfile():
             archive.members[_member(info.name)] = info
@@ -92,7 +125,6 @@ def _open_archive(path: Path) -> _Archive:
                 archive.members[_member(info.name)] = tar.getmember(linked)
             except KeyError:
                 continue
-    return archive
 
 
 async def _chunks(file: IO[bytes]) -> AsyncIterator[bytes]:
@@ -143,7 +175,7 @@ async def import_archive(
                 images.append(image)
             return images
     finally:
-        await anyio.to_thread.run_sync(archive.tar.close)
+        await anyio.to_thread.run_sync(archive.close)
 
 
 def _blob_name(digest: str) -> str:
@@ -187,14 +219,15 @@ def _oci_name(annotations: Mapping[str, str], base_name: str | None) -> str | No
         return image_name(name)
     ref = annotations.get(REF_NAME_ANNOTATION)
     if not ref:
-        return None
+        return str(parse_reference(base_name)) if base_name else None
     if "/" in ref or (":" in ref and not ref.startswith(":")):
         try:
             return str(parse_reference(ref))
         except InvalidArgument:
             pass
     if base_name is not None:
-        return str(parse_reference(f"{base_name}:{ref}"))
+        base = parse_reference(base_name)
+        return str(parse_reference(f"{base.domain}/{base.path}:{ref}"))
     return None
 
 
@@ -343,9 +376,11 @@ async def save(
                 await _add_blob(stores, out, blob)
             await out.write(b"\0" * (2 * _BLOCK))
         await anyio.Path(tmp).rename(target)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
             await anyio.Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a directory, a missing one, no room: one line
+            raise InvalidArgument(f"{target}: {exc.strerror or exc}") from None
         raise
     return top
 

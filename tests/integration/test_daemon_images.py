@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -197,7 +198,22 @@ async def test_import_save_and_an_empty_entrypoint(
     assert (done.code, done.out) == (0, "hello from the image\n"), done.err
     done = dirs.cli("image", "import", str(tmp_path / "missing.tar"))
     assert done.code == 125 and done.err.count("\n") == 1, done.err
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = dirs.cli("image", "import", str(fifo), timeout=30)  # refused, not waited on
+    assert done.code == 125 and "not a regular file" in done.err, done.err
+    for where in (tmp_path, tmp_path / "no" / "such.tar"):
+        done = dirs.cli("image", "save", "t/dock:2", "-o", str(where))
+        assert done.code == 125 and done.err.count("\n") == 1, done.err
+        assert "Internal" not in done.err
     assert dirs.cli("rmi", "t/dock:2").code == 0
+    unnamed = tmp_path / "unnamed.tar"
+    skopeo_copy(f"oci:{registry.layout}:1", f"oci-archive:{unnamed}")
+    done = dirs.cli("image", "import", str(unnamed))
+    assert done.code == 125 and "give a base name" in done.err, done.err
+    done = dirs.cli("image", "import", "--name", "local/named:7", str(unnamed))
+    assert (done.code, done.out) == (0, "docker.io/local/named:7\n"), done.err
+    assert dirs.cli("rmi", "local/named:7").code == 0
 
 
 async def test_a_definition_waiting_for_its_image_holds_neither_ready_nor_sigterm(

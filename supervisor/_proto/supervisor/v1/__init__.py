@@ -359,6 +359,11 @@ class ImageImportRequest(betterproto2.Message):
 
     path: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    for an archive whose images carry no name (or a bare tag)
+    """
+
 
 default_message_pool.register_message("supervisor.v1", "ImageImportRequest", ImageImportRequest)
 
