@@ -31,6 +31,15 @@ CALL_TIMEOUT = 60.0
 
 #: The start of the id of every lease this library makes.
 LEASE_PREFIX = "supervisor-"
+#: The leases of this process's open ``Stores.lease()`` blocks.
+_IN_USE: set[str] = set()
+
+
+def leases_in_use() -> frozenset[str]:
+    """The ids of the leases this process's ``lease()`` blocks hold now: any
+    other lease of ours is left over (a block whose delete failed while
+    containerd was away, a process killed) and can go."""
+    return frozenset(_IN_USE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +139,13 @@ class Stores:
         """A new lease for the block: yields these services with every call
         under it; the lease is deleted at the end, whatever happens."""
         info = await self.leases.create(expire=expire)
+        _IN_USE.add(info.id)
         try:
             yield Stores(
                 self._channel, self.namespace, lease=info.id, snapshotter=self.snapshots.snapshotter
             )
         finally:
+            _IN_USE.discard(info.id)
             with anyio.CancelScope(shield=True), anyio.move_on_after(CALL_TIMEOUT):
                 try:
                     await self.leases.delete(info.id)

@@ -29,7 +29,7 @@ import anyio
 
 from .._supervisor import Supervisor
 from ..client import ContainerInfo, SnapshotKind
-from ..client._leases import LEASE_PREFIX
+from ..client._leases import LEASE_PREFIX, leases_in_use
 from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ..net import Mode, parse_port
@@ -246,6 +246,7 @@ class Daemon(Keeper):
         """Every second, one Tasks.List: a task whose state differs from what
         its last sync saw is synced again (a lost event, an outage)."""
         down = False
+        subscriptions = self.pipeline_stats().subscriptions
         while True:
             await anyio.sleep(RELIST_INTERVAL)
             try:
@@ -254,6 +255,9 @@ class Daemon(Keeper):
             except (SupervisorError, TimeoutError):
                 down = True  # the event pipeline logs the outage once
                 continue
+            if self.pipeline_stats().subscriptions != subscriptions:
+                down = True  # an outage between two relists: the stream was made again
+                subscriptions = self.pipeline_stats().subscriptions
             now = {t.container_id: fingerprint(t) for t in tasks}
             for cid in list(self.definitions):
                 if down or now.get(cid) != self._seen.get(cid):
@@ -261,6 +265,11 @@ class Daemon(Keeper):
             if down:
                 log.info("containerd answers again; syncing %d containers", len(self.definitions))
                 down = False
+                try:
+                    with anyio.fail_after(RELIST_TIMEOUT):
+                        await self._sweep_leases()
+                except (SupervisorError, TimeoutError) as exc:
+                    log.debug("leases not swept yet: %s", exc)
 
     # -- definitions -------------------------------------------------------------
 
@@ -459,15 +468,22 @@ class Daemon(Keeper):
             except (SupervisorError, ValueError, OSError) as exc:
                 log.error("cannot make up the network record of %s: %s", info.id, exc)
 
+    async def _sweep_leases(self) -> None:
+        """Leases of ours that no pull or create of this daemon holds: left by
+        a killed daemon, or by one whose delete met containerd away."""
+        in_use = leases_in_use()
+        for lease in await self.client.leases.list():
+            if lease.id.startswith(LEASE_PREFIX) and lease.id not in in_use:
+                with contextlib.suppress(NotFound):
+                    await self.client.leases.delete(lease.id)
+                log.info("removed lease %s (a pull or create that did not finish)", lease.id)
+
     async def _sweep_images(self, containers: set[str]) -> None:
         """What a daemon killed in the middle of a pull or a create leaves:
         its leases (what they held goes with them, to containerd's garbage
         collection) and containers' snapshots whose container was never made."""
         client = self.client
-        for lease in await client.leases.list():
-            if lease.id.startswith(LEASE_PREFIX):
-                await client.leases.delete(lease.id)
-                log.info("removed lease %s (a pull or create that did not finish)", lease.id)
+        await self._sweep_leases()
         for snapshot in await client.snapshots.list():
             name = snapshot.name
             if (

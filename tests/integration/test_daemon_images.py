@@ -267,3 +267,20 @@ async def test_users_by_name_in_an_image_of_many_layers_and_in_exec(
     assert done.code == 125 and "'nosuch' is not in the image's /etc/passwd" in done.err, done
     assert dirs.cli("rm", "-f", "e").code == 0
     assert dirs.cli("rmi", ref).code == 0
+
+
+async def test_leftover_leases_go_when_containerd_comes_back(dirs: DaemonDirs) -> None:
+    await ready(dirs)
+    async with Client(dirs.address, dirs.namespace) as client:
+        left = await client.leases.create()  # as a pull whose delete met containerd away
+    assert ctr(dirs, "leases", "ls", "-q") == [left.id]
+    pid = int((dirs.state / "containerd" / "containerd.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+
+    async def swept() -> bool:
+        try:
+            return ctr(dirs, "leases", "ls", "-q") == []
+        except subprocess.CalledProcessError:
+            return False  # containerd not back yet
+
+    await until(swept)
