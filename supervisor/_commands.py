@@ -94,7 +94,8 @@ def run_command(args: argparse.Namespace) -> int:
         error = SupervisorError(f"permission denied on {path} (root or its group only)")
     except OSError as exc:  # e.g. "AF_UNIX path too long"
         error = SupervisorError(f"{_why(exc)} (control socket {path})")
-    print(one_line(f"supervisor {args.command}: {error}"), file=sys.stderr)
+    verb = " ".join([args.command, *[getattr(args, f"{args.command}_command", "") or ""]]).strip()
+    print(one_line(f"supervisor {verb}: {error}"), file=sys.stderr)
     return error_code(error)
 
 
