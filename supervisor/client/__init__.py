@@ -23,8 +23,8 @@ from ._snapshots import DEFAULT_SNAPSHOTTER as DEFAULT_SNAPSHOTTER
 from ._snapshots import Differ as Differ
 from ._snapshots import Snapshots as Snapshots
 from ._spec import DEFAULT_CAPABILITIES as DEFAULT_CAPABILITIES
-from ._spec import Mount as Mount
 from ._spec import IMAGE_ROOTFS as IMAGE_ROOTFS
+from ._spec import Mount as Mount
 from ._spec import oci_spec as oci_spec
 from ._spec import process_spec as process_spec
 from ._store_types import ContentInfo as ContentInfo
@@ -46,13 +46,13 @@ from ._types import TaskStatus as TaskStatus
 from ._types import Version as Version
 
 __all__ = (
-    "IMAGE_ROOTFS",
     "DEFAULT_ADDRESS",
     "DEFAULT_CAPABILITIES",
     "DEFAULT_FIFO_DIR",
     "DEFAULT_NAMESPACE",
     "DEFAULT_RUNTIME",
     "DEFAULT_SNAPSHOTTER",
+    "IMAGE_ROOTFS",
     "Client",
     "Container",
     "ContainerInfo",
