@@ -243,8 +243,8 @@ class _Pull:
                 contextlib.aclosing(self._counted(layer, chunks)) as counted,
             ):
                 written = await self.stores.content.write(
-                    f"layer-{layer.digest}", counted, digest=layer.digest, size=layer.size,
-                    labels=labels,
+                    f"layer-{layer.digest}", counted if self.progress else chunks,
+                    digest=layer.digest, size=layer.size, labels=labels,
                 )  # fmt: skip
             if not written:
                 await self.stores.content.update(layer.digest, labels)
