@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ from ._manifest import (
     Index,
     Manifest,
     Platform,
+    chain_ids,
     media_type_of,
     sha256_digest,
 )
@@ -163,12 +164,19 @@ class _Pull:
         }
         parents.insert(0, ("manifest", manifest_desc, manifest_data, manifest_labels))
         config_labels = dict(self.source)
-        top = await self._layers(manifest, config, do_unpack)
-        if top is not None:
+        if do_unpack and config.diff_ids:
+            # The top snapshot's name is known now: the config, manifest and
+            # index go in while the layers download (under the lease, a label
+            # naming what is not there yet holds nothing and harms nothing).
+            top = chain_ids(config.diff_ids)[-1]
             config_labels[snapshot_gc_label(self.stores.snapshots.snapshotter)] = top
-        await self._write_small("config", manifest.config, config_data, config_labels)
-        for kind, desc, blob, labels in parents:
-            await self._write_small(kind, desc, blob, labels)
+
+        async def write_small_blobs() -> None:
+            await self._write_small("config", manifest.config, config_data, config_labels)
+            for kind, desc, blob, labels in parents:
+                await self._write_small(kind, desc, blob, labels)
+
+        await self._layers(manifest, config, do_unpack, write_small_blobs)
         name = str(self.ref)
         try:
             record = await self.stores.images.create(name, target)
@@ -200,9 +208,14 @@ class _Pull:
             )
         return data
 
-    async def _layers(self, manifest: Manifest, config: ImageConfig, do_unpack: bool) -> str | None:
+    async def _layers(
+        self,
+        manifest: Manifest,
+        config: ImageConfig,
+        do_unpack: bool,
+        alongside: Callable[[], Coroutine[None, None, None]],
+    ) -> None:
         ready = [anyio.Event() for _ in manifest.layers]
-        top: str | None = None
 
         async def wait_layer(i: int) -> None:
             await ready[i].wait()
@@ -212,8 +225,7 @@ class _Pull:
             self._report(layer, PullStatus.UNPACKED, layer.size)
 
         async def unpack_all() -> None:
-            nonlocal top
-            top = await unpack(
+            await unpack(
                 self.stores, manifest.layers, config.diff_ids,
                 layer_ready=wait_layer, on_layer=unpacked,
             )  # fmt: skip
@@ -225,9 +237,9 @@ class _Pull:
                     tg.start_soon(self._fetch_layer, layer, config.diff_ids[i], ready[i])
                 if do_unpack:
                     tg.start_soon(unpack_all)
+                tg.start_soon(alongside)
         except ExceptionGroup as group:
             raise _first(group) from None
-        return top
 
     async def _fetch_layer(self, layer: Descriptor, diff_id: str, ready: anyio.Event) -> None:
         labels = {UNCOMPRESSED_LABEL: diff_id, **self.source}
