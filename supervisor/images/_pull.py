@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -20,6 +20,7 @@ from ._manifest import (
     Index,
     Manifest,
     Platform,
+    chain_ids,
     media_type_of,
     sha256_digest,
 )
@@ -30,6 +31,13 @@ from ._unpack import UNCOMPRESSED_LABEL, snapshot_gc_label, unpack
 
 #: Layers downloaded at once (containerd's Go client defaults to 3 too).
 DEFAULT_CONCURRENCY = 3
+#: How long a layer's download, its request made, waits for the layer below
+#: to be read before its bytes flow too (seconds; 0: no waiting). When
+#: containerd's intake is what limits a pull (a near registry), taking
+#: layers in order starts the unpack early and leaves one layer, not the
+#: last three, to unpack at the end; from a far registry, whose connections
+#: are the limit, a slow layer holds the next ones back this long at most.
+TURN_WAIT = 1.0
 
 
 class PullStatus(enum.Enum):
@@ -163,12 +171,19 @@ class _Pull:
         }
         parents.insert(0, ("manifest", manifest_desc, manifest_data, manifest_labels))
         config_labels = dict(self.source)
-        top = await self._layers(manifest, config, do_unpack)
-        if top is not None:
+        if do_unpack and config.diff_ids:
+            # The top snapshot's name is known now: the config, manifest and
+            # index go in while the layers download (under the lease, a label
+            # naming what is not there yet holds nothing and harms nothing).
+            top = chain_ids(config.diff_ids)[-1]
             config_labels[snapshot_gc_label(self.stores.snapshots.snapshotter)] = top
-        await self._write_small("config", manifest.config, config_data, config_labels)
-        for kind, desc, blob, labels in parents:
-            await self._write_small(kind, desc, blob, labels)
+
+        async def write_small_blobs() -> None:
+            await self._write_small("config", manifest.config, config_data, config_labels)
+            for kind, desc, blob, labels in parents:
+                await self._write_small(kind, desc, blob, labels)
+
+        await self._layers(manifest, config, do_unpack, write_small_blobs)
         name = str(self.ref)
         try:
             record = await self.stores.images.create(name, target)
@@ -200,9 +215,14 @@ class _Pull:
             )
         return data
 
-    async def _layers(self, manifest: Manifest, config: ImageConfig, do_unpack: bool) -> str | None:
+    async def _layers(
+        self,
+        manifest: Manifest,
+        config: ImageConfig,
+        do_unpack: bool,
+        alongside: Callable[[], Coroutine[None, None, None]],
+    ) -> None:
         ready = [anyio.Event() for _ in manifest.layers]
-        top: str | None = None
 
         async def wait_layer(i: int) -> None:
             await ready[i].wait()
@@ -212,53 +232,81 @@ class _Pull:
             self._report(layer, PullStatus.UNPACKED, layer.size)
 
         async def unpack_all() -> None:
-            nonlocal top
-            top = await unpack(
+            await unpack(
                 self.stores, manifest.layers, config.diff_ids,
                 layer_ready=wait_layer, on_layer=unpacked,
             )  # fmt: skip
 
         try:
             async with anyio.create_task_group() as tg:
+                turns = [_Turn(anyio.Event(), anyio.Event()) for _ in manifest.layers]
                 for i, layer in enumerate(manifest.layers):
                     self._report(layer, PullStatus.WAITING, 0)
-                    tg.start_soon(self._fetch_layer, layer, config.diff_ids[i], ready[i])
+                    tg.start_soon(self._fetch_layer, i, layer, config.diff_ids[i], ready[i], turns)
                 if do_unpack:
                     tg.start_soon(unpack_all)
+                tg.start_soon(alongside)
         except ExceptionGroup as group:
             raise _first(group) from None
-        return top
 
-    async def _fetch_layer(self, layer: Descriptor, diff_id: str, ready: anyio.Event) -> None:
+    async def _fetch_layer(
+        self, i: int, layer: Descriptor, diff_id: str, ready: anyio.Event, turns: list[_Turn]
+    ) -> None:
         labels = {UNCOMPRESSED_LABEL: diff_id, **self.source}
-        async with self.limiter:
-            if await self.stores.content.exists(layer.digest):
-                await self.stores.content.update(layer.digest, labels)
-                self._report(layer, PullStatus.EXISTS, layer.size)
-                ready.set()
-                return
-            self._report(layer, PullStatus.DOWNLOADING, 0)
-            async with (
-                self.registry.blob(self.ref, layer.digest) as chunks,
-                contextlib.aclosing(self._counted(layer, chunks)) as counted,
-            ):
-                written = await self.stores.content.write(
-                    f"layer-{layer.digest}", counted, digest=layer.digest, size=layer.size,
-                    labels=labels,
-                )  # fmt: skip
-            if not written:
-                await self.stores.content.update(layer.digest, labels)
-            self._report(layer, PullStatus.DOWNLOADED, layer.size)
-        ready.set()
+        turn = turns[i]
+        try:
+            if i:
+                await turns[i - 1].slot.wait()  # the limiter's slots go in layer order
+            async with self.limiter:
+                turn.slot.set()
+                if await self.stores.content.exists(layer.digest):
+                    await self.stores.content.update(layer.digest, labels)
+                    self._report(layer, PullStatus.EXISTS, layer.size)
+                    ready.set()
+                    return
+                self._report(layer, PullStatus.DOWNLOADING, 0)
+                async with (
+                    self.registry.blob(self.ref, layer.digest) as chunks,
+                    contextlib.aclosing(self._in_turn(i, layer, chunks, turns)) as source,
+                ):
+                    written = await self.stores.content.write(
+                        f"layer-{layer.digest}", source, digest=layer.digest, size=layer.size,
+                        labels=labels,
+                    )  # fmt: skip
+                if not written:
+                    await self.stores.content.update(layer.digest, labels)
+                self._report(layer, PullStatus.DOWNLOADED, layer.size)
+            ready.set()
+        finally:
+            turn.slot.set()
+            turn.read.set()
 
-    async def _counted(
-        self, layer: Descriptor, chunks: AsyncIterator[bytes]
+    async def _in_turn(
+        self, i: int, layer: Descriptor, chunks: AsyncIterator[bytes], turns: list[_Turn]
     ) -> AsyncGenerator[bytes]:
+        """The layer's chunks, once the layer below has been read (or a while
+        has passed): its request and its write are open by then, but the
+        bytes go in layer order, so that the unpack, which takes layers in
+        order, gets each one as early as it can."""
+        if i and TURN_WAIT > 0:
+            with anyio.move_on_after(TURN_WAIT):
+                await turns[i - 1].read.wait()
         done = 0
         async for chunk in chunks:
-            done += len(chunk)
-            self._report(layer, PullStatus.DOWNLOADING, done)
+            if self.progress is not None:
+                done += len(chunk)
+                self._report(layer, PullStatus.DOWNLOADING, done)
             yield chunk
+        turns[i].read.set()
+
+
+@dataclass(slots=True)
+class _Turn:
+    """Where one layer's download is: it has its slot of the limiter; all
+    its bytes have been read (or none will be)."""
+
+    slot: anyio.Event
+    read: anyio.Event
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

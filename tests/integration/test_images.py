@@ -462,3 +462,26 @@ async def test_the_client_alone_pulls_and_runs_an_image(client: Client, registry
         await client.create_container("nope", spec, image=f"{registry.host}/t/absent:1")
     assert "nope" not in [s.name for s in await client.snapshots.list()]
     await remove_image(client, ref, sync=True)
+
+
+async def test_content_write_odd_pieces_wrong_size(client: Client) -> None:
+    import hashlib
+
+    blob = os.urandom((3 << 20) + 12345)  # four WRITE messages, the last short
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+
+    async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    async with client.lease() as leased:
+        for data, message in ((blob[:-1], "bytes, not"), (blob + b"x", "longer than")):
+            with pytest.raises(DigestMismatch, match=message):
+                await leased.content.write(
+                    "odd", pieces(data, 99991), digest=digest, size=len(blob)
+                )
+        assert not await leased.content.exists(digest)
+        assert await leased.content.write("odd", pieces(blob, 99991), digest=digest, size=len(blob))
+        got = b"".join([part async for part in leased.content.read(digest)])
+        assert got == blob
+        assert not await leased.content.write("odd", pieces(blob, 7), digest=digest, size=len(blob))
