@@ -31,20 +31,28 @@ from ..errors import (
 )
 from . import _wire
 from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
-from ._content import ContentStore
 from ._ids import validate_id
-from ._images import ImageStore
 from ._io import FifoIO, NullIO, ProcessIO
-from ._leases import DEFAULT_LEASE_EXPIRY, Leases, Stores
 from ._listing import RawReply, decode_containers, decode_metrics, decode_tasks
-from ._snapshots import DEFAULT_SNAPSHOTTER, Differ, Snapshots
 from ._spec import IMAGE_ROOTFS
-from ._store_types import RootfsMount
 from ._tasks import Task
-from ._types import ContainerInfo, ProcessState, RuncOptions, Stats, Version
+from ._types import (
+    DEFAULT_LEASE_EXPIRY,
+    DEFAULT_SNAPSHOTTER,
+    ContainerInfo,
+    ProcessState,
+    RuncOptions,
+    Stats,
+    Version,
+)
 
 if TYPE_CHECKING:
     from ..images import Image, PullProgress
+    from ._content import ContentStore
+    from ._images import ImageStore
+    from ._leases import Leases, Stores
+    from ._snapshots import Differ, Snapshots
+    from ._store_types import RootfsMount
 
 log = logging.getLogger("supervisor.client")
 
@@ -156,7 +164,7 @@ class Client:
         self._events_stub = events_pb.EventsStub(self._channel, metadata=metadata)
         self._version = version_pb.VersionStub(self._channel)
         self._health = health_pb.HealthStub(self._channel)
-        self._stores = Stores(self._channel, self.namespace, snapshotter=self.snapshotter)
+        self._stores: Stores | None = None  # made on first use (its stubs cost an import)
         self._state = _State.OPEN
         return self
 
@@ -190,6 +198,11 @@ class Client:
         """The content store, image records, snapshots and diff service of the
         namespace, as one set (what :mod:`supervisor.images` works on)."""
         self._check_open()
+        if self._stores is None:
+            from ._leases import Stores
+
+            assert self._channel is not None  # open (checked above)
+            self._stores = Stores(self._channel, self.namespace, snapshotter=self.snapshotter)
         return self._stores
 
     @property

@@ -17,13 +17,13 @@ from .._proto.containerd.services.leases import v1 as leases_pb
 from ..errors import NotFound, SupervisorError, map_errors
 from ._content import ContentStore
 from ._images import ImageStore
-from ._snapshots import DEFAULT_SNAPSHOTTER, Differ, Snapshots
+from ._snapshots import Differ, Snapshots
+from ._types import DEFAULT_LEASE_EXPIRY, DEFAULT_SNAPSHOTTER
 from ._wire import timestamp
 
 log = logging.getLogger("supervisor.client")
 
 #: A pull's lease expires on its own a day later, as containerd's Go client's does.
-DEFAULT_LEASE_EXPIRY = timedelta(hours=24)
 EXPIRE_LABEL = "containerd.io/gc.expire"
 #: Bound on a lease call; a synchronous delete waits for a garbage collection.
 CALL_TIMEOUT = 60.0

@@ -12,8 +12,8 @@ from .._proto.containerd.services.diff import v1 as diff_pb
 from .._proto.containerd.services.snapshots import v1 as snapshots_pb
 from ..errors import NotFound, map_errors
 from ._store_types import Descriptor, RootfsMount, SnapshotInfo
+from ._types import DEFAULT_SNAPSHOTTER
 
-DEFAULT_SNAPSHOTTER = "overlayfs"
 #: Bound on a snapshot call (a Remove of a big snapshot deletes its files).
 CALL_TIMEOUT = 60.0
 #: Bound on applying one layer: containerd decompresses and untars it.

@@ -4,7 +4,7 @@ import enum
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import InvalidArgument
@@ -143,3 +143,9 @@ class RuncOptions:
     io_uid: int = 0
     io_gid: int = 0
     criu_path: str = ""
+
+
+#: The snapshotter containers and images use unless told otherwise.
+DEFAULT_SNAPSHOTTER = "overlayfs"
+#: How long a lease lives if its holder never deletes it (a killed process).
+DEFAULT_LEASE_EXPIRY = timedelta(hours=24)

@@ -44,7 +44,6 @@ from ..errors import (
     one_line,
     to_grpc,
 )
-from ..images import rootfs_mounts
 from ..net import DEFAULT_NETWORK, Mode, parse_port
 from ..net._ports import check_ports
 from ._definitions import (
@@ -757,6 +756,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                 process["cwd"] = start.cwd
             if start.user and container.info.snapshot_key:
                 # Names from the container's own snapshot (in a thread: files).
+                from ..images import rootfs_mounts
+
                 mounts = await rootfs_mounts(self.daemon.client, start.id)
                 user = await anyio.to_thread.run_sync(lookup_user, mounts, start.user)
                 process["user"] = parse_user(user)

@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._supervisor import Supervisor
-from ..client import ContainerInfo, SnapshotKind
-from ..client._leases import LEASE_PREFIX, leases_in_use
+from ..client import ContainerInfo
 from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ..net import Mode, parse_port
@@ -471,6 +470,8 @@ class Daemon(Keeper):
     async def _sweep_leases(self) -> None:
         """Leases of ours that no pull or create of this daemon holds: left by
         a killed daemon, or by one whose delete met containerd away."""
+        from ..client._leases import LEASE_PREFIX, leases_in_use
+
         in_use = leases_in_use()
         for lease in await self.client.leases.list():
             if lease.id.startswith(LEASE_PREFIX) and lease.id not in in_use:
@@ -484,6 +485,8 @@ class Daemon(Keeper):
         collection) and containers' snapshots whose container was never made."""
         client = self.client
         await self._sweep_leases()
+        from ..client import SnapshotKind
+
         for snapshot in await client.snapshots.list():
             name = snapshot.name
             if (

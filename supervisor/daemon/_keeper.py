@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -32,8 +32,6 @@ from ..client import (
     NullIO,
     ProcessIO,
     ProcessState,
-    RootfsMount,
-    Stores,
     Task,
     TaskStatus,
 )
@@ -46,7 +44,6 @@ from ..errors import (
     Unavailable,
 )
 from ..events import PipelineStats
-from ..images import Image, prepare_rootfs, remove_rootfs, rootfs_mounts
 from ..net import DEFAULT_NETWORK, Attachment, Mode, NetworkManager, PortMapping
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
@@ -86,6 +83,10 @@ from ._plan import (
 )
 from ._policy import RestartState, manual_start, manual_stop, record_oom
 from ._scheduler import SyncScheduler
+
+if TYPE_CHECKING:
+    from ..client import RootfsMount, Stores
+    from ..images import Image
 
 log = logging.getLogger("supervisor.daemon")
 
@@ -230,6 +231,8 @@ class Keeper:
                 spec = await anyio.to_thread.run_sync(effective.spec)  # reads the rootfs
                 self.net.configure_spec(spec, attachment)
                 return await self.client.create_container(cid, spec, labels=labels)
+            from ..images import remove_rootfs  # (images load on first use)
+
             labels = {**labels, COMMAND: json.dumps(list(effective.command)), ROOTFS: ""}
             # Under one lease: the snapshot is kept from garbage collection
             # until the record that holds it exists.
@@ -251,6 +254,8 @@ class Keeper:
             raise
 
     async def _prepare_rootfs(self, leased: Stores, cid: str, image: Image) -> list[RootfsMount]:
+        from ..images import prepare_rootfs, remove_rootfs
+
         try:
             return await prepare_rootfs(leased, cid, image)
         except AlreadyExists:
@@ -269,6 +274,8 @@ class Keeper:
             with anyio.CancelScope(shield=True), anyio.fail_after(OPERATION_TIMEOUT):
                 await self.net.release(cid)
                 if snapshot:
+                    from ..images import remove_rootfs
+
                     await remove_rootfs(self.client, cid)
         except (SupervisorError, OSError, TimeoutError) as exc:
             log.error("cannot release the network or snapshot of %s: %s", cid, exc)
@@ -464,7 +471,11 @@ class Keeper:
         terminal = definition.terminal if definition else False
         with anyio.fail_after(OPERATION_TIMEOUT):
             await self.net.ensure(cid)
-            mounts = await rootfs_mounts(self.client, cid) if container.info.image else []
+            mounts = []
+            if container.info.image:
+                from ..images import rootfs_mounts
+
+                mounts = await rootfs_mounts(self.client, cid)
         io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
         task = await container.new_task(io, rootfs=mounts)
         old = self._tasks.get(cid)
