@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import anyio
 
 from ..client import Client, Descriptor, Stores
-from ..errors import AlreadyExists, DigestMismatch, ImageError, SupervisorError
+from ..errors import AlreadyExists, DigestMismatch, ImageError, PlatformNotFound, SupervisorError
 from ._manifest import (
     INDEX_TYPES,
     ImageConfig,
@@ -160,6 +160,9 @@ class _Pull:
         manifest = Manifest.parse(manifest_data, manifest_desc.media_type)
         config_data = await self._fetch_config(manifest.config)
         config = ImageConfig.parse(config_data)
+        made_for = Platform(config.os, config.architecture)
+        if config.os and config.architecture and not self.platform.matches(made_for):
+            raise PlatformNotFound(f"{self.ref} is an image for {made_for}, not {self.platform}")
         if len(config.diff_ids) != len(manifest.layers):
             raise ImageError(
                 f"{self.ref}: {len(manifest.layers)} layers but {len(config.diff_ids)} diff ids"

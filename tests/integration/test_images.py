@@ -226,6 +226,12 @@ async def test_wrong_platform_fails_clearly_and_leaves_nothing(
     assert str(caught.value) == (
         "no manifest for platform linux/s390x (the image has: linux/amd64, linux/arm64)"
     )
+    # A single manifest is checked against its config's os and architecture.
+    with pytest.raises(PlatformNotFound) as caught:
+        await pull(client, f"{registry.host}/t/bb:1", platform=Platform.parse("linux/arm64"))
+    assert (
+        str(caught.value) == f"{registry.host}/t/bb:1 is an image for linux/amd64, not linux/arm64"
+    )
     assert await gc_and_list(client) == ([], [])
 
 
