@@ -580,7 +580,11 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
                         continue  # already in the file we just read
                     yield pb.LogRecord(time_unix_nanos=_unix_nanos(when), stream=stream, line=chunk)
         finally:
-            records.close()
+            # A client gone while a batch is read: grpclib's cancellation can
+            # end the wait while the worker thread still runs the reader (its
+            # files then close when it is collected, not here).
+            with contextlib.suppress(ValueError):  # "generator already executing"
+                records.close()
             listeners.discard(follower)
         if follower.dropped:
             raise GRPCError(
