@@ -149,8 +149,10 @@ def report(ours: list[float], theirs: list[float], growth: list[int]) -> None:
     print(f"  supervisor/ctr: {ratio:.3f} (ratio of medians), {paired:.3f} (median of paired)")
     print(f"  our peak RSS growth during a pull: max {max(growth) / 1024:.1f} MB, "
           f"median {statistics.median(growth) / 1024:.1f} MB")  # fmt: skip
-    print(f"  our CPU per pull: median {statistics.median(_cpu[1:]) * 1000:.0f} ms "
-          f"(user + system, this process)")
+    print(
+        f"  our CPU per pull: median {statistics.median(_cpu[1:]) * 1000:.0f} ms "
+        f"(user + system, this process)"
+    )
 
 
 def main() -> None:

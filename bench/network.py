@@ -240,12 +240,7 @@ def main() -> int:
                 daemon.cli("rm", "-f", *[c["id"] for c in json.loads(listed.stdout)])
         daemon.stop()
         daemon.notify.close()
-        netns_dir = base / "state" / "net" / "netns"
-        if netns_dir.is_dir():
-            for entry in netns_dir.iterdir():
-                _netns.unpin(entry)
-            if _netns.is_mount_point(netns_dir):
-                _netns.unshare_dir(netns_dir)
+        _netns.unpin_all(base / "state" / "net" / "netns")
         shutil.rmtree(base, ignore_errors=True)
     return 0
 

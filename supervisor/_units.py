@@ -1,9 +1,11 @@
-"""Byte sizes as people write them ("64m", "1.5g"): shared by the daemon's config,
-the definitions and the command line, which must not import the rest to parse one."""
+"""Byte sizes ("64m", "1.5g") and signals ("TERM", "SIGKILL", "9") as people write
+them: shared by the daemon's config, the definitions, the control API and the
+command line, which must not import the rest to parse one."""
 
 from __future__ import annotations
 
 import re
+import signal
 from decimal import Decimal
 
 from .errors import InvalidArgument
@@ -41,6 +43,21 @@ def parse_size(value: int | str) -> int:
     if size > MAX_SIZE:
         raise InvalidArgument(f"size {_short(value)} is too large (at most {MAX_SIZE} bytes)")
     return size
+
+
+def parse_signal(value: str) -> int:
+    """A signal's number from its name (``TERM``, ``SIGTERM``, any case) or
+    number; :class:`InvalidArgument` for anything else."""
+    text = value.strip().upper()
+    if text.isascii() and text.isdigit():
+        if int(text) not in signal.valid_signals():
+            raise InvalidArgument(f"{value!r} is not a signal number")
+        return int(text)
+    name = text if text.startswith("SIG") else f"SIG{text}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {value!r}") from None
 
 
 def _short(value: object) -> str:

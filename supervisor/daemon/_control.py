@@ -33,6 +33,7 @@ from grpclib.exceptions import GRPCError
 from .. import __version__
 from .._messages import new as new_message
 from .._proto.supervisor import v1 as pb
+from .._units import parse_signal
 from ..client import FifoIO, Mount, ProcessState, TaskStatus, validate_id
 from ..client._spec import parse_user
 from ..errors import (
@@ -117,16 +118,7 @@ def _status() -> Iterator[None]:
 
 
 def _signal(value: str) -> int:
-    text = value.strip().upper() or "SIGKILL"
-    if text.isascii() and text.isdigit():
-        if int(text) not in signal.valid_signals():
-            raise InvalidArgument(f"{value!r} is not a signal number")
-        return int(text)
-    name = text if text.startswith("SIG") else f"SIG{text}"
-    try:
-        return int(signal.Signals[name])
-    except KeyError:
-        raise InvalidArgument(f"unknown signal {value!r}") from None
+    return parse_signal(value.strip() or "SIGKILL")
 
 
 def _ts(text: str | None) -> datetime | None:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ..client import RootfsMount
+from .._units import parse_signal
 from ..client._rootfs import read_in_root
 from ..errors import ImageError, InvalidArgument, NotFound, SupervisorError
 
 if TYPE_CHECKING:
-    from ..client import Client
+    from ..client import Client, RootfsMount
     from ..images import Image, ImageConfig, Platform, PullProgress
     from ._definitions import ContainerDefinition
 
@@ -65,12 +65,9 @@ def with_image(definition: ContainerDefinition, config: ImageConfig) -> Containe
 
 
 def _signal_number(text: str) -> int:
-    name = text.upper()
-    if name.isdigit():
-        return int(name)
     try:
-        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
-    except KeyError:
+        return parse_signal(text)
+    except InvalidArgument:
         log.warning("image stop signal %r is unknown: SIGTERM", text)
         return int(signal.SIGTERM)
 
@@ -144,16 +141,15 @@ class Pulls:
             return await pull(client, ref, platform=platform, progress=progress,
                               registry=registry)  # fmt: skip
 
-    async def ensure(self, client: Client, ref: str, policy: str, *, force: bool = False) -> Image:
+    async def ensure(self, client: Client, ref: str, policy: str) -> Image:
         """The image named ``ref``, pulled as ``policy`` says (``missing``,
-        ``always``, ``never``; ``force``: pull whatever the policy). Call it
-        under :meth:`using`."""
+        ``always``, ``never``). Call it under :meth:`using`."""
         from ..images import resolve_image
 
         name = normalize_image(ref)
         lock = self._locks.setdefault(name, anyio.Lock())
         async with lock:
-            if policy != "always" and not force:
+            if policy != "always":
                 try:
                     return await resolve_image(client, name)
                 except (NotFound, ImageError):  # absent, or not for this platform

@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..events import PipelineStats
 from ..net import DEFAULT_NETWORK, Attachment, Mode, NetworkManager, PortMapping
+from ..net._ports import port_taken
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
 from ._images import Pulls, lookup_user, with_image
@@ -192,12 +193,11 @@ class Keeper:
             joinable = mode.name in staying or mode.name in batch
             if mode.kind == "container" and not joinable:
                 problems[cid] = f"container {mode.name} has no network of ours to join"
+            published = {**{other: a.ports for other, a in staying.items()}, **claimed}
             for port in definition.ports:
-                owners = [(other, taken) for other, a in staying.items() for taken in a.ports]
-                owners += [(other, taken) for other, ports in claimed.items() for taken in ports]
-                clash = next(((o, t) for o, t in owners if port.clashes(t)), None)
-                if clash is not None:
-                    problems[cid] = f"port {port} is already published by {clash[0]} ({clash[1]})"
+                problem = port_taken(port, published)
+                if problem:
+                    problems[cid] = problem
                     break
             if cid not in problems:
                 claimed[cid] = list(definition.ports)
@@ -250,7 +250,7 @@ class Keeper:
                         await remove_rootfs(leased, cid)
                     raise
         except BaseException:
-            await self.release(cid, snapshot=False)
+            await self.release(cid)
             raise
 
     async def _prepare_rootfs(self, leased: Stores, cid: str, image: Image) -> list[RootfsMount]:
@@ -266,19 +266,15 @@ class Keeper:
             await remove_rootfs(leased, cid)
             return await prepare_rootfs(leased, cid, image)
 
-    async def release(self, cid: str, *, snapshot: bool = True) -> None:
-        """Release what a container had besides its record, once it is gone:
-        its network, its snapshot. A failure is logged (the sweep at the next
-        start tries again)."""
+    async def release(self, cid: str) -> None:
+        """Release a container's network once the container is gone (its
+        snapshot went with its record: Container.delete). A failure is logged
+        (the sweep at the next start tries again)."""
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(OPERATION_TIMEOUT):
                 await self.net.release(cid)
-                if snapshot:
-                    from ..images import remove_rootfs
-
-                    await remove_rootfs(self.client, cid)
         except (SupervisorError, OSError, TimeoutError) as exc:
-            log.error("cannot release the network or snapshot of %s: %s", cid, exc)
+            log.error("cannot release the network of %s: %s", cid, exc)
 
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)

@@ -43,7 +43,7 @@ from ._networks import (
     overlapping,
     parse_subnet,
 )
-from ._ports import PortMapping, check_ports
+from ._ports import PortMapping, check_ports, port_taken
 
 log = logging.getLogger("supervisor.net")
 
@@ -327,15 +327,13 @@ class NetworkManager:
             if mode.name != DEFAULT_NETWORK:
                 raise NotFound(f"no such network: {mode.name}")
             self.create_network(DEFAULT_NETWORK)
+        others = {
+            a.container_id: a.ports for a in self.attachments.values() if a.container_id != cid
+        }
         for port in published:
-            for other in self.attachments.values():
-                if other.container_id == cid:
-                    continue
-                for taken in other.ports:
-                    if port.clashes(taken):
-                        raise InvalidArgument(
-                            f"port {port} is already published by {other.container_id} ({taken})"
-                        )
+            problem = port_taken(port, others)
+            if problem:
+                raise InvalidArgument(problem)
             _probe_port(port)
         existing = self.attachments.get(cid)
         if existing is not None and existing.mode == mode and existing.ports == published:

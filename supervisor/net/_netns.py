@@ -167,3 +167,14 @@ def unshare_dir(directory: Path) -> None:
     result = _libc.umount2(os.fsencode(directory), MNT_DETACH)
     if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         _check(result, "unmount", directory)
+
+
+def unpin_all(directory: Path) -> None:
+    """Unpin every namespace in ``directory`` and undo :func:`share_dir` (for
+    tests and benchmarks cleaning up after a daemon whose containers are gone)."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        unpin(entry)
+    while is_mount_point(directory):
+        unshare_dir(directory)

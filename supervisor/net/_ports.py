@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
@@ -93,3 +93,13 @@ def check_ports(ports: Iterable[PortMapping]) -> tuple[PortMapping, ...]:
             if port.clashes(other):
                 raise InvalidArgument(f"ports {port} and {other} publish the same host port")
     return out
+
+
+def port_taken(port: PortMapping, published: Mapping[str, Iterable[PortMapping]]) -> str | None:
+    """Why ``port`` cannot be published beside ``published`` (container id:
+    its ports), or None."""
+    for owner, ports in published.items():
+        for taken in ports:
+            if port.clashes(taken):
+                return f"port {port} is already published by {owner} ({taken})"
+    return None

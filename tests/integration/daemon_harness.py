@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from supervisor import Client, NotFound, TaskStatus
+from supervisor.net import _netns
 from supervisor.testing import remove_namespace_dirs, start_containerd
 
 from .conftest import _missing
@@ -161,7 +162,7 @@ async def dirs(tmp_path: Path, rootfs: Path) -> AsyncIterator[DaemonDirs]:
         try:
             await _clean(d)
         finally:
-            unpin_all(d.state / "net" / "netns")
+            _netns.unpin_all(d.state / "net" / "netns")
 
 
 async def _clean(d: DaemonDirs) -> None:
@@ -180,19 +181,6 @@ async def _clean(d: DaemonDirs) -> None:
     finally:
         ctd.stop()
         remove_namespace_dirs(d.namespace)
-
-
-def unpin_all(directory: Path) -> None:
-    """Unmount the namespaces a daemon pinned (its containers are gone) and the
-    directory's own shared mount."""
-    from supervisor.net import _netns
-
-    if not directory.is_dir():
-        return
-    for entry in directory.iterdir():
-        _netns.unpin(entry)
-    while _netns.is_mount_point(directory):
-        _netns.unshare_dir(directory)
 
 
 def _stop_orphan_containerd(d: DaemonDirs) -> None:
