@@ -34,7 +34,7 @@ from .. import __version__
 from .._messages import new as new_message
 from .._proto.supervisor import v1 as pb
 from .._units import parse_signal
-from ..client import FifoIO, Mount, ProcessState, TaskStatus, validate_id
+from ..client import ContainerInfo, FifoIO, Mount, ProcessState, TaskStatus, validate_id
 from ..client._spec import parse_user
 from ..errors import (
     AlreadyExists,
@@ -145,6 +145,11 @@ def _from_unix_nanos(nanos: int) -> datetime | None:
     return _EPOCH + timedelta(microseconds=nanos // 1000)
 
 
+#: Up to this many stale containers, `ps` reads each (two calls); beyond, it
+#: lists them all (two calls in all, but a decode of every container).
+_READ_ONE_BY_ONE = 16
+
+
 class ControlService(pb.ControlBase):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -172,10 +177,8 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         self, cid: str, labels: Mapping[str, str], task: ProcessState | None, image: str = ""
     ) -> dict[str, Any]:
         state = lenient_state(labels)
-        status, pid = "stopped", 0
-        if task is not None:
-            pid = task.pid if task.status is not TaskStatus.STOPPED else 0
-            status = {TaskStatus.STOPPED: "exited"}.get(task.status, task.status.value)
+        status = _status_of(task)
+        pid = task.pid if task is not None and task.status is not TaskStatus.STOPPED else 0
         exit_code = labels.get(EXIT_CODE)
         return dict(
             id=cid,
@@ -226,21 +229,85 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         )
 
     async def list(self, message: pb.ListRequest) -> Encoded:
-        # Two calls whatever the number of containers: one list of each.
-        client, known = self.daemon.client, self.daemon.definitions
-        with _status():
-            containers = await client.list_containers(MANAGED_FILTER)
+        # From the daemon's view of its containers (see _view): what is fresh
+        # costs no call, what is stale is read again (at most one listing of
+        # containers and one of tasks, whatever their number).
+        daemon = self.daemon
+        view = daemon.view
+        ids = sorted(daemon.definitions)
+        read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
+        stale = [cid for cid in ids if view.fresh(cid) is None]
+        if stale:
+            with _status():
+                read = await self._read(stale)
+        out = bytearray()
+        wanted = ("running", "paused", "created")
+        for cid in ids:
+            entry = view.fresh(cid)
+            if entry is None:
+                # Touched again while it was read: this call shows that read.
+                info, task = read.get(cid, (None, None))
+                if info is None:
+                    continue
+                item = self._encode_info(cid, info, task)
+            else:
+                if entry.info is None:
+                    continue
+                task = entry.task
+                key = (daemon.problems.get(cid), daemon.attachment(cid))
+                if entry.encoded is None or entry.encoded_key != key:
+                    entry.encoded = self._encode_info(cid, entry.info, task)
+                    entry.encoded_key = key
+                item = entry.encoded
+            if not message.all and _status_of(task) not in wanted:
+                continue
+            out += b"\x0a"  # ListResponse.containers, field 1, length-delimited
+            out += _varint(len(item))
+            out += item
+        return Encoded(bytes(out))
+
+    async def _read(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[ContainerInfo | None, ProcessState | None]]:
+        """Read containers again, keep what nothing touched meanwhile."""
+        client, view = self.daemon.client, self.daemon.view
+        generations = {cid: view.generation(cid) for cid in ids}
+        read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
+        if len(ids) > _READ_ONE_BY_ONE:
+            containers = {c.id: c for c in await client.list_containers(MANAGED_FILTER)}
             tasks = {t.container_id: t for t in await client.list_tasks()}
-        infos = []
-        for container in sorted(containers, key=lambda c: c.id):
-            if container.id in known:
-                fields = self._info_fields(
-                    container.id, container.labels, tasks.get(container.id), container.image
-                )
-                if message.all or fields["status"] in ("running", "paused", "created"):
-                    infos.append(new_message("ContainerInfo", **fields))
+            for cid in ids:
+                read[cid] = (containers.get(cid), tasks.get(cid))
+        else:
+
+            async def one(cid: str) -> None:
+                try:
+                    info = (await client.load_container(cid)).info
+                except NotFound:
+                    read[cid] = (None, None)
+                    return
+                if info.labels.get(MANAGED) != "true":
+                    read[cid] = (None, None)  # as the listing's filter would
+                    return
+                try:
+                    task: ProcessState | None = await client.process_state(cid)
+                except NotFound:
+                    task = None
+                read[cid] = (info, task)
+
+            async with anyio.create_task_group() as tg:
+                for cid in ids:
+                    tg.start_soon(one, cid)
+        known = self.daemon.definitions
+        for cid, (info, task) in read.items():
+            if cid in known:
+                view.store(cid, generations[cid], info, task)
+        return read
+
+    def _encode_info(self, cid: str, info: ContainerInfo, task: ProcessState | None) -> bytes:
+        fields = self._info_fields(cid, info.labels, task, info.image)
         # Encoded by the CLI's codec: betterproto2 took ~0.2 ms a container here.
-        return Encoded(bytes(new_message("ListResponse", containers=infos)))
+        return bytes(new_message("ContainerInfo", **fields))
 
     async def inspect(self, message: pb.ContainerRef) -> pb.ContainerInfo:
         with _status():
@@ -293,14 +360,20 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         with _status():
             self._managed(message.id)
             container = await self.daemon.client.load_container(message.id)
-            await (await container.task()).pause()
+            try:
+                await (await container.task()).pause()
+            finally:
+                self.daemon.view.touch(message.id)
             return await self._info(message.id)
 
     async def resume(self, message: pb.ContainerRef) -> pb.ContainerInfo:
         with _status():
             self._managed(message.id)
             container = await self.daemon.client.load_container(message.id)
-            await (await container.task()).resume()
+            try:
+                await (await container.task()).resume()
+            finally:
+                self.daemon.view.touch(message.id)
             return await self._info(message.id)
 
     async def stats_all(self, message: pb.StatsRequest) -> pb.StatsList:
@@ -829,6 +902,21 @@ PULL_QUEUE = 256
 PULL_PROGRESS_INTERVAL = 0.2
 #: How long an attached `run --rm` waits for its container's removal after the exit.
 REMOVE_WAIT = 60.0
+
+
+def _status_of(task: ProcessState | None) -> str:
+    if task is None:
+        return "stopped"
+    return "exited" if task.status is TaskStatus.STOPPED else task.status.value
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _json_list(text: str | None) -> list[str]:

@@ -253,14 +253,19 @@ class Daemon(Keeper):
                     tasks = await self.client.list_tasks()
             except (SupervisorError, TimeoutError):
                 down = True  # the event pipeline logs the outage once
+                self.view.touch_all()  # `ps` asks containerd, and says it is away
                 continue
             if self.pipeline_stats().subscriptions != subscriptions:
                 down = True  # an outage between two relists: the stream was made again
                 subscriptions = self.pipeline_stats().subscriptions
             now = {t.container_id: fingerprint(t) for t in tasks}
+            view = self.view
             for cid in list(self.definitions):
                 if down or now.get(cid) != self._seen.get(cid):
                     self.scheduler.request(cid)
+                entry = view.fresh(cid)
+                if entry is not None and (down or fingerprint(entry.task) != now.get(cid)):
+                    view.touch(cid)
             if down:
                 log.info("containerd answers again; syncing %d containers", len(self.definitions))
                 down = False
@@ -600,6 +605,7 @@ class Daemon(Keeper):
         publish(self.event_listeners, (container_id, event_type, event))
         if container_id not in self.definitions:
             return
+        self.view.touch(container_id)  # an exit, an OOM, a pause: `ps` reads it again
         if event_type is EventType.OOM:
             self._oom_pending[container_id] = self._oom_pending.get(container_id, 0) + 1
             self.scheduler.request(container_id)

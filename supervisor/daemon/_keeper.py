@@ -84,6 +84,7 @@ from ._plan import (
 )
 from ._policy import RestartState, manual_start, manual_stop, record_oom
 from ._scheduler import SyncScheduler
+from ._view import TouchingLock, View
 
 if TYPE_CHECKING:
     from ..client import RootfsMount, Stores
@@ -123,7 +124,9 @@ class Keeper:
         self.output_listeners: dict[str, set[Listener]] = {}
         self._exits: dict[str, list[anyio.Event]] = {}
         self.last_exit: dict[str, int] = {}
-        self._locks: dict[str, anyio.Lock] = {}  # one container's changes, one at a time
+        self._locks: dict[str, TouchingLock] = {}  # one container's changes, one at a time
+        #: The last read of each container, for `ps` (see _view).
+        self.view = View()
         self._seen: dict[str, tuple[str, int] | None] = {}  # task as the last sync saw it
         self._oom_pending: dict[str, int] = {}
         self.start_errors: dict[str, str] = {}
@@ -279,10 +282,10 @@ class Keeper:
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)
 
-    def _lock(self, cid: str) -> anyio.Lock:
+    def _lock(self, cid: str) -> TouchingLock:
         lock = self._locks.get(cid)
         if lock is None:
-            lock = self._locks[cid] = anyio.Lock()
+            lock = self._locks[cid] = TouchingLock(self.view, cid)
         return lock
 
     # -- sync: the level-triggered core -------------------------------------------
@@ -524,6 +527,7 @@ class Keeper:
     def forget(self, cid: str) -> None:
         """Drop what the daemon holds for a container that is gone."""
         self.definitions.pop(cid, None)
+        self.view.forget(cid)
         self._from_dir.discard(cid)
         self._seen.pop(cid, None)
         self._oom_pending.pop(cid, None)
