@@ -290,21 +290,23 @@ def _ps(channel: Channel, args: argparse.Namespace) -> int:
         print(json.dumps([_info_dict(c) for c in reply.containers], indent=2))
         return 0
     rows = [("ID", "STATUS", "PID", "RESTART", "RESTARTS", "ADDRESS", "PORTS", "IMAGE", "COMMAND")]
+    problems = []
     for c in reply.containers:
-        status = (
-            f"exited ({c.exit_code})"
-            if c.status in ("exited", "stopped") and c.exited
-            else c.status
-        )
-        if c.problem:
+        get = c.received().get  # (1000 rows: attribute access per field cost ~30 ms)
+        status = get("status", "")
+        if status in ("exited", "stopped") and get("exited"):
+            status = f"exited ({get('exit_code', 0)})"
+        if get("problem"):
             status += " (!)"
-        rows.append((c.id, status, str(c.pid or "-"), c.restart, str(c.restart_count),
-                     c.address or "-", _ports_text(c.ports) or "-", _short_image(c.image),
-                     " ".join(c.command)[:40]))  # fmt: skip
+            problems.append(f"(!) {get('id', '')}: {get('problem')}")
+        ports = get("ports")
+        rows.append((get("id", ""), status, str(get("pid") or "-"), get("restart", ""),
+                     str(get("restart_count", 0)), get("address") or "-",
+                     _ports_text(ports) if ports else "-", _short_image(get("image", "")),
+                     " ".join(get("command", ()))[:40]))  # fmt: skip
     _print_table(rows)
-    for c in reply.containers:
-        if c.problem:
-            print(f"(!) {c.id}: {c.problem}", file=sys.stderr)
+    for line in problems:
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -483,9 +485,9 @@ def _host_memory() -> int:
 
 
 def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format
+    sys.stdout.write("".join(line(*row).rstrip() + "\n" for row in rows))
 
 
 def _events(channel: Channel, args: argparse.Namespace) -> int:

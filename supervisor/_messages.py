@@ -28,6 +28,7 @@ from .errors import InvalidArgument, SupervisorError
 
 TYPE_CHECKING = False  # typing is not imported at run time: the CLI's start-up
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 __all__ = ("DecodeError", "Message", "decode", "new")
@@ -160,6 +161,10 @@ class Message:
     def set_fields(self) -> dict[str, Any]:
         """The fields that were set or received, by name."""
         return dict(self._values)
+
+    def received(self) -> Mapping[str, Any]:
+        """The same without a copy, to read (fields left out have their defaults)."""
+        return self._values
 
     def __bytes__(self) -> bytes:
         out = bytearray()
