@@ -234,6 +234,20 @@ def decode_containers(data: bytes) -> list[ContainerInfo]:
         raise ContainerdError(f"malformed container listing: {exc}") from exc
 
 
+def decode_container(data: bytes, what: str) -> ContainerInfo:
+    """The container of a Get, Create or Update reply (its field 1)."""
+    try:
+        found = [_container(_bytes(v)) for n, v in _fields(data) if n == 1]
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ContainerdError(f"malformed {what} reply: {exc}") from exc
+    except ContainerdError as exc:
+        why = str(exc).removeprefix("malformed listing: ")
+        raise ContainerdError(f"malformed {what} reply: {why}") from None
+    if not found:
+        raise ContainerdError(f"malformed {what} reply: no container")
+    return found[-1]
+
+
 def _process(buf: bytes) -> ProcessState:
     cid = pid_id = stdin = stdout = stderr = ""
     pid = code = status = 0

@@ -719,6 +719,7 @@ class Keeper:
             state: ProcessState | None = await self.client.process_state(cid)
         except NotFound:
             state = None
+        code: int | None = None
         if state is not None and state.status is not TaskStatus.STOPPED:
             task = await container.task()
             paused = state.status in (TaskStatus.PAUSED, TaskStatus.PAUSING)
@@ -737,20 +738,35 @@ class Keeper:
                     },
                     remove=() if again else (NEXT_START,),
                 )
-        await self._sync_locked(cid, allow_start=False)  # record the exit, delete the task
         if remove:
-            try:
-                container = await self.client.load_container(cid)
-            except NotFound:
-                await self.release(cid)
-                self.forget(cid)
-                return
-            with contextlib.suppress(NotFound):
-                await (await container.task()).force_delete()  # a start raced us
+            await self._remove_locked(container, state, code)
+        else:
+            await self._sync_locked(cid, allow_start=False)  # record the exit, delete the task
+
+    async def _remove_locked(
+        self, container: Container, state: ProcessState | None, code: int | None
+    ) -> None:
+        """The rest of a removal, the task ended: what a sync would record of
+        the exit would go with the record, so the task and the record are
+        deleted at once. A daemon killed meanwhile finds the container
+        stopped by hand, and leaves it stopped."""
+        cid = container.id
+        if state is not None:
+            if code is None and state.exit_status is not None:
+                code = state.exit_status.code
+            await self._delete_task(container, state, drain=True)
+            log.info("container %s exited with %s; removing it", cid, code)
+        try:
             await container.delete()
-            _remove_empty_cgroups(container.info.spec)
-            await self.release(cid)  # before waiters hear of it: ports are free then
-            self.forget(cid)
+        except FailedPrecondition:
+            # A task made meanwhile (not by us: we hold its lock).
+            with contextlib.suppress(NotFound):
+                await (await container.task()).force_delete()
+            await container.delete()
+        _remove_empty_cgroups(container.info.spec)
+        await self.release(cid)  # before waiters hear of it: ports are free then
+        self._exited(cid, code)
+        self.forget(cid)
 
 
 def fingerprint(state: ProcessState | None) -> tuple[str, int] | None:

@@ -19,7 +19,13 @@ from supervisor._proto.io.containerd.cgroups import v1 as cg1_pb
 from supervisor._proto.io.containerd.cgroups import v2 as cg2_pb
 from supervisor.client import _wire
 from supervisor.client._client import container_info
-from supervisor.client._listing import LazySpec, decode_containers, decode_metrics, decode_tasks
+from supervisor.client._listing import (
+    LazySpec,
+    decode_container,
+    decode_containers,
+    decode_metrics,
+    decode_tasks,
+)
 from supervisor.errors import ContainerdError
 
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -76,6 +82,33 @@ def test_containers_as_the_generated_decoder_reads_them(
         assert dict(ours.spec) == dict(theirs.spec)
         assert (ours.created_at, ours.updated_at) == (theirs.created_at, theirs.updated_at)
         assert ours.runtime_options == theirs.runtime_options
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(containers())
+def test_a_get_create_or_update_reply_as_the_generated_decoder_reads_it(
+    item: containers_pb.Container,
+) -> None:
+    for reply in (
+        containers_pb.GetContainerResponse(container=item),
+        containers_pb.CreateContainerResponse(container=item),
+        containers_pb.UpdateContainerResponse(container=item),
+    ):
+        data = bytes(reply)
+        theirs = container_info(type(reply).parse(data).container)
+        ours = decode_container(data, "get container")
+        assert (ours.id, ours.labels, ours.image, ours.runtime, ours.snapshotter) == (
+            theirs.id, theirs.labels, theirs.image, theirs.runtime, theirs.snapshotter,
+        )  # fmt: skip
+        assert dict(ours.spec) == dict(theirs.spec)
+        assert (ours.created_at, ours.updated_at) == (theirs.created_at, theirs.updated_at)
+        assert ours.runtime_options == theirs.runtime_options
+
+
+@pytest.mark.parametrize("data", [b"", b"\x12\x00", b"\x0a\x05abc"])
+def test_a_container_reply_without_a_container_is_a_containerd_error(data: bytes) -> None:
+    with pytest.raises(ContainerdError, match="malformed get container reply"):
+        decode_container(data, "get container")
 
 
 @st.composite
