@@ -20,7 +20,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._supervisor import Supervisor
-from ..client import ContainerInfo
+from ..client import ContainerInfo, ProcessState
 from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Unavailable
 from ..events import Event, EventType, TaskExit
 from ..net import Mode, parse_port
@@ -40,6 +40,7 @@ from ._keeper import OPERATION_TIMEOUT, RELIST_INTERVAL, Keeper, Seen, fingerpri
 from ._labels import (
     DEFINITION_FILE,
     HASH,
+    MANAGED,
     MANAGED_FILTER,
     NETWORK,
     NEXT_START,
@@ -303,11 +304,15 @@ class Daemon(Keeper):
         definitions, and take every container one sync toward its policy
         before the daemon says READY."""
         wanted = await self._load()
+        # One listing of containers and one of tasks serve the whole restore:
+        # at 1000 containers each listing costs ~0.1 s to decode.
         with anyio.fail_after(OPERATION_TIMEOUT):
-            existing = await self.client.list_containers(MANAGED_FILTER)
-        await self._sweep_fifo_dirs()
+            listed = await self.client.list_containers()
+            tasks = {t.container_id: t for t in await self.client.list_tasks()}
+        existing = [c for c in listed if c.labels.get(MANAGED) == "true"]
+        self._sweep_fifo_dirs(tasks.values())
         with anyio.fail_after(OPERATION_TIMEOUT * 2):
-            everything = {c.id for c in await self.client.list_containers()}
+            everything = {c.id for c in listed}
             if self.net.attachments or self.net.has_leftovers():
                 await self.net.sweep(everything)
             self._adopt_networks(existing)
@@ -319,25 +324,30 @@ class Daemon(Keeper):
                 except (SupervisorError, ValueError) as exc:
                     log.error("cannot adopt %s: %s", info.id, exc)
         self._wanted = wanted
-        await self._converge_definitions(sync=False)
-        # One listing of each for all first syncs: at scale, a container that
-        # only needs adopting must cost no call of its own.
-        with anyio.fail_after(OPERATION_TIMEOUT):
-            containers = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
-            tasks = {t.container_id: t for t in await self.client.list_tasks()}
+        applied = await self._converge_definitions(sync=False, listed={c.id: c for c in existing})
+        # The same listings for all first syncs: at scale, a container that
+        # only needs adopting must cost no call of its own. What the converge
+        # made or removed is read again (seen=None); what changed since the
+        # listing shows as an event or at the next relist, and is synced then.
+        changed = {*applied.created, *applied.replaced, *applied.removed}
+        containers = {c.id: c for c in existing if c.id not in changed}
         limit = anyio.Semaphore(32)
         async with anyio.create_task_group() as tg:
             for cid in list(self.definitions):
-                listed = containers.get(cid)
-                seen = None if listed is None else (listed, tasks.get(cid))
+                found = containers.get(cid)
+                seen = None if found is None else (found, tasks.get(cid))
                 tg.start_soon(self._first_sync, cid, limit, seen)
 
-    async def _converge_definitions(self, *, sync: bool = True) -> Applied:
+    async def _converge_definitions(
+        self, *, sync: bool = True, listed: dict[str, ContainerInfo] | None = None
+    ) -> Applied:
         """Bring the containers of the definitions directory in line with the
         files last loaded. A step that fails (containerd away, a stop that
         does not finish) keeps its container known and is retried with a
         backoff by :meth:`_retry_definitions`, never dropped."""
-        result = await self._converge(self._wanted, "definitions", own=True, sync=sync)
+        result = await self._converge(
+            self._wanted, "definitions", own=True, sync=sync, listed=listed
+        )
         self._from_dir = set(self._wanted)
         if result.incomplete:
             self._definitions_dirty.set()
@@ -362,11 +372,21 @@ class Daemon(Keeper):
                 log.info("definitions applied")
 
     async def _converge(
-        self, wanted: dict[str, ContainerDefinition], source: str, *, own: bool, sync: bool
+        self,
+        wanted: dict[str, ContainerDefinition],
+        source: str,
+        *,
+        own: bool,
+        sync: bool,
+        listed: dict[str, ContainerInfo] | None = None,
     ) -> Applied:
+        """Make the containers of ``source`` what ``wanted`` says. ``listed``:
+        the daemon's managed containers from a listing just made."""
         result = Applied()
-        with anyio.fail_after(OPERATION_TIMEOUT):
-            existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        existing = listed
+        if existing is None:
+            with anyio.fail_after(OPERATION_TIMEOUT):
+                existing = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
         if own:
             self.problems.clear()
             for cid, info in sorted(existing.items()):
@@ -503,14 +523,12 @@ class Daemon(Keeper):
                     await client.snapshots.remove(name)
                     log.info("removed snapshot %s (its container was never made)", name)
 
-    async def _sweep_fifo_dirs(self) -> None:
+    def _sweep_fifo_dirs(self, tasks: Iterable[ProcessState]) -> None:
         """FIFO directories no task uses any more (a daemon died before
-        removing them) go at start."""
+        removing them) go at start; ``tasks``: every task, listed just now."""
         base = self.config.fifo_dir
         if not base.is_dir():
             return
-        with anyio.fail_after(OPERATION_TIMEOUT):
-            tasks = await self.client.list_tasks()
         used = {Path(p).parent for t in tasks for p in (t.stdout, t.stderr) if p}
         for entry in base.iterdir():
             if entry not in used and entry.is_dir() and not entry.is_symlink():

@@ -69,6 +69,7 @@ from ._labels import (
     STARTED_PID,
     STOP_SIGNAL,
     STOP_TIMEOUT,
+    TERMINAL,
 )
 from ._logs import RotatingJsonLog
 from ._output import Listener, copy_logs
@@ -167,6 +168,7 @@ class Keeper:
             LOG_PATH: str(self.config.log_dir / f"{definition.id}.log"),
             NETWORK: str(self.network_mode(definition)),
             PORTS: json.dumps([str(p) for p in definition.ports]),
+            TERMINAL: "true" if definition.terminal else "false",
             **RestartState().to_labels(),
         }
 
