@@ -180,6 +180,22 @@ class ContentStore:
             return False
         return True
 
+    async def hold(self, digest: str, size: int) -> bool:
+        """Whether the blob is in the store. One that is is then held by the
+        lease of this store's context too, so that garbage collection cannot
+        take it before what will refer to it is written: containerd leases a
+        blob that exists to a writer that expects it (Info and Update do not).
+        Nothing is written."""
+
+        async def nothing() -> AsyncIterator[bytes]:
+            raise _Absent()  # reached only when containerd wants the bytes
+            yield b""  # pragma: no cover
+
+        try:
+            return not await self.write(f"hold-{digest}", nothing(), digest=digest, size=size)
+        except _Absent:
+            return False
+
     async def write(
         self,
         ref: str,
@@ -331,6 +347,10 @@ class ContentStore:
 
 
 class _Locked(Exception):
+    pass
+
+
+class _Absent(Exception):
     pass
 
 

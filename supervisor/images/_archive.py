@@ -186,7 +186,7 @@ def _blob_name(digest: str) -> str:
 async def _write_member(
     stores: Stores, archive: _Archive, name: str, desc: Descriptor, labels: Mapping[str, str]
 ) -> None:
-    if await stores.content.exists(desc.digest):
+    if await stores.content.hold(desc.digest, desc.size):
         if labels:
             await stores.content.update(desc.digest, labels)
         return

@@ -262,7 +262,7 @@ class _Pull:
                 await turns[i - 1].slot.wait()  # the limiter's slots go in layer order
             async with self.limiter:
                 turn.slot.set()
-                if await self.stores.content.exists(layer.digest):
+                if await self.stores.content.hold(layer.digest, layer.size):
                     await self.stores.content.update(layer.digest, labels)
                     self._report(layer, PullStatus.EXISTS, layer.size)
                     ready.set()

@@ -61,7 +61,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
-    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:50]
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:50].rstrip("-")
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
