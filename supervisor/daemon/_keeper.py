@@ -48,6 +48,7 @@ from ..net import DEFAULT_NETWORK, Attachment, Mode, NetworkManager, PortMapping
 from ..net._ports import port_taken
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
+from ._groups import ShimGroups, group_of_spec
 from ._images import Pulls, lookup_user, with_image
 from ._labels import (
     COMMAND,
@@ -64,6 +65,7 @@ from ._labels import (
     PORTS,
     REMOVE_ON_EXIT,
     ROOTFS,
+    SHIM_GROUP,
     SOURCE,
     STARTED_AT,
     STARTED_PID,
@@ -136,6 +138,7 @@ class Keeper:
             plugin_dirs=config.cni_path,
         )
         self.pulls = Pulls(config.insecure_registries)
+        self.groups = ShimGroups(config.namespace, config.max_shim_group)
         #: Held while networks are made or removed (not while containers join them).
         self.network_lock = anyio.Lock()
         self._stopping = False
@@ -164,6 +167,7 @@ class Keeper:
             LOG_PATH: str(self.config.log_dir / f"{definition.id}.log"),
             NETWORK: str(self.network_mode(definition)),
             PORTS: json.dumps([str(p) for p in definition.ports]),
+            **({SHIM_GROUP: definition.shim_group} if definition.shim_group else {}),
             **RestartState().to_labels(),
         }
 
@@ -210,12 +214,24 @@ class Keeper:
             return None
         return await self.pulls.ensure(self.client, definition.image, definition.pull)
 
+    def group_members(self, name: str) -> set[str]:
+        """The containers of shim group ``name`` the daemon knows."""
+        return {cid for cid, d in self.definitions.items() if d.shim_group == name}
+
     async def make(
         self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
     ) -> Container:
-        """Make a new container: its network checked and recorded (its ports
+        """Make a new container: a place in its shim group (FailedPrecondition
+        when that is full), its network checked and recorded (its ports
         taken), its own snapshot on the image, its spec, its record. Nothing
-        is left when it fails."""
+        is left when it fails. The caller adds it to ``definitions`` at once."""
+        group = definition.shim_group
+        with self.groups.joining(group, definition.id, self.group_members(group)):
+            return await self._make(definition, labels, image)
+
+    async def _make(
+        self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
+    ) -> Container:
         cid = definition.id
         if cid in self.net.attachments:
             # Left by a create that did not finish (callers make only what
@@ -230,6 +246,7 @@ class Keeper:
             if image is None:
                 spec = await anyio.to_thread.run_sync(effective.spec)  # reads the rootfs
                 self.net.configure_spec(spec, attachment)
+                self.groups.annotate(spec, definition.shim_group)
                 return await self.client.create_container(cid, spec, labels=labels)
             from ..images import remove_rootfs  # (images load on first use)
 
@@ -242,6 +259,7 @@ class Keeper:
                     user = await anyio.to_thread.run_sync(lookup_user, mounts, effective.user)
                     spec = replace(effective, user=user).spec()
                     self.net.configure_spec(spec, attachment)
+                    self.groups.annotate(spec, definition.shim_group)
                     return await self.client.create_container(
                         cid, spec, labels=labels, snapshot_key=cid, image=image.name
                     )
@@ -472,8 +490,9 @@ class Keeper:
                 from ..images import rootfs_mounts
 
                 mounts = await rootfs_mounts(self.client, cid)
-        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
-        task = await container.new_task(io, rootfs=mounts)
+        async with self.groups.creating(group_of_spec(container.info.spec)):
+            io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
+            task = await container.new_task(io, rootfs=mounts)
         old = self._tasks.get(cid)
         if old is not None:
             self._closing_io(old.io)  # a task that went while nobody watched

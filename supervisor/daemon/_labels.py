@@ -38,6 +38,8 @@ REMOVE_ON_EXIT = PREFIX + "remove-on-exit"
 #: The network a container was made on (see supervisor.net.Mode) and its published ports.
 NETWORK = PREFIX + "network"
 PORTS = PREFIX + "ports"
+#: The shim group a container was made in (its spec's annotation says the same, namespaced).
+SHIM_GROUP = PREFIX + "shim-group"
 MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 
@@ -76,5 +78,6 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
         terminal=bool(spec.get("process", {}).get("terminal", False)),
         network=labels.get(NETWORK) or None,
         ports=tuple(parse_port(p) for p in json.loads(labels.get(PORTS) or "[]")),
+        shim_group=labels.get(SHIM_GROUP, ""),
         source=Path("<api>"),
     )
