@@ -10,15 +10,18 @@ for, by name, and it is kept small (:data:`DEFAULT_MAX_MEMBERS`).
 The shim for a group is started by the first Tasks.Create that finds none
 listening on the group's socket. Two such creates at once can both start
 one: the loser's shim then serves nothing and never exits (seen 1 in 21).
-The daemon cannot tell reliably whether a group's shim is alive (right after
-it crashed, containerd still lists its tasks), so the creates of a group's
-tasks take turns, always (:meth:`ShimGroups.creating`).
+And a shim shuts down when a Tasks.Delete leaves it no task: a delete of
+another member in flight then fails with "ttrpc: closed" (seen with `rm -f`
+of a whole group), and a create in flight may join a shim about to exit.
+The daemon cannot tell reliably whether a group's shim is alive or about
+to go (right after a crash, containerd still lists its tasks), so the task
+creates and deletes of one group take turns, always (:meth:`ShimGroups.turn`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -66,7 +69,8 @@ def group_of_spec(spec: Mapping[str, Any]) -> str:
 
 
 class ShimGroups:
-    """The cap on each group's members, and the turns its task creates take."""
+    """The cap on each group's members, and the turns its tasks' creates and
+    deletes take."""
 
     def __init__(self, namespace: str, max_members: int = DEFAULT_MAX_MEMBERS) -> None:
         self.namespace = namespace
@@ -107,9 +111,9 @@ class ShimGroups:
                 del self._joining[name]
 
     @contextlib.asynccontextmanager
-    async def creating(self, annotation: str) -> Any:
-        """Held around a grouped task's Tasks.Create (``annotation``: the
-        value in its spec; "" holds nothing)."""
+    async def turn(self, annotation: str) -> AsyncIterator[None]:
+        """Held around a grouped task's Tasks.Create or Tasks.Delete
+        (``annotation``: the value in its spec; "" holds nothing)."""
         if not annotation:
             yield
             return

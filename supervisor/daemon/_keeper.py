@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,6 +298,10 @@ class Keeper:
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)
 
+    def _turn(self, container: Container) -> AbstractAsyncContextManager[None]:
+        """Held around a task's create or delete: those of one shim group take turns."""
+        return self.groups.turn(group_of_spec(container.info.spec))
+
     def _lock(self, cid: str) -> anyio.Lock:
         lock = self._locks.get(cid)
         if lock is None:
@@ -417,10 +422,11 @@ class Keeper:
         else:
             task = await container.task()
         try:
-            if drain:
-                await task.delete()
-            else:
-                await task.force_delete()
+            async with self._turn(container):
+                if drain:
+                    await task.delete()
+                else:
+                    await task.force_delete()
         except NotFound:
             pass
         if self._tasks.get(cid) is task:
@@ -490,7 +496,7 @@ class Keeper:
                 from ..images import rootfs_mounts
 
                 mounts = await rootfs_mounts(self.client, cid)
-        async with self.groups.creating(group_of_spec(container.info.spec)):
+        async with self._turn(container):
             io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
             task = await container.new_task(io, rootfs=mounts)
         old = self._tasks.get(cid)
@@ -504,7 +510,8 @@ class Keeper:
             raise  # the next sync discards the created task
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError, TimeoutError):
-                await task.force_delete()
+                async with self._turn(container):
+                    await task.force_delete()
             if self._tasks.get(cid) is task:
                 del self._tasks[cid]
             raise
@@ -621,7 +628,9 @@ class Keeper:
         with anyio.CancelScope(shield=True), anyio.move_on_after(OPERATION_TIMEOUT):
             try:
                 with contextlib.suppress(NotFound):
-                    await (await container.task()).force_delete()
+                    task = await container.task()
+                    async with self._turn(container):
+                        await task.force_delete()
                 with contextlib.suppress(NotFound):
                     await container.delete()
             except (SupervisorError, TimeoutError):
@@ -761,7 +770,9 @@ class Keeper:
                 self.forget(cid)
                 return
             with contextlib.suppress(NotFound):
-                await (await container.task()).force_delete()  # a start raced us
+                task = await container.task()  # a start raced us
+                async with self._turn(container):
+                    await task.force_delete()
             await container.delete()
             _remove_empty_cgroups(container.info.spec)
             await self.release(cid)  # before waiters hear of it: ports are free then

@@ -176,14 +176,14 @@ async def test_a_full_group_refuses_before_anything_is_made(tmp_path: Path) -> N
     assert keeper.net.attachments == {} and keeper.groups._joining == {}
 
 
-async def test_creates_of_a_group_take_turns() -> None:
+async def test_creates_and_deletes_of_a_group_take_turns() -> None:
     groups = ShimGroups("ns")
     inside: list[str] = []
     most = 0
 
     async def create(annotation: str, name: str) -> None:
         nonlocal most
-        async with groups.creating(annotation):
+        async with groups.turn(annotation):
             inside.append(name)
             most = max(most, sum(1 for n in inside if n.startswith(annotation or "none")))
             await anyio.sleep(0.01)
