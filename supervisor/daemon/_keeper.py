@@ -219,6 +219,10 @@ class Keeper:
         """The containers of shim group ``name`` the daemon knows."""
         return {cid for cid, d in self.definitions.items() if d.shim_group == name}
 
+    def _turn(self, container: Container) -> AbstractAsyncContextManager[None]:
+        """Held around a task's create or delete: those of one shim group take turns."""
+        return self.groups.turn(group_of_spec(container.info.spec))
+
     async def make(
         self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
     ) -> Container:
@@ -297,10 +301,6 @@ class Keeper:
 
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)
-
-    def _turn(self, container: Container) -> AbstractAsyncContextManager[None]:
-        """Held around a task's create or delete: those of one shim group take turns."""
-        return self.groups.turn(group_of_spec(container.info.spec))
 
     def _lock(self, cid: str) -> anyio.Lock:
         lock = self._locks.get(cid)
@@ -770,9 +770,7 @@ class Keeper:
                 self.forget(cid)
                 return
             with contextlib.suppress(NotFound):
-                task = await container.task()  # a start raced us
-                async with self._turn(container):
-                    await task.force_delete()
+                await (await container.task()).force_delete()  # a start raced us
             await container.delete()
             _remove_empty_cgroups(container.info.spec)
             await self.release(cid)  # before waiters hear of it: ports are free then
