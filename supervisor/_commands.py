@@ -225,6 +225,7 @@ def run_request(args: argparse.Namespace) -> Message:
         stdin=args.interactive,
         network=args.network,
         ports=args.publish,
+        shim_group=args.shim_group,
     )
     request = new("RunRequest", definition=definition, attach=not args.detach, remove=args.rm)
     return new("RunInput", request=request)
@@ -252,6 +253,7 @@ def _info_dict(info: Message) -> dict[str, Any]:
         "network": info.network or None,
         "address": info.address or None,
         "ports": list(info.ports),
+        "shim_group": info.shim_group or None,
     }
 
 

@@ -135,6 +135,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="[IP:]HOST:CONTAINER[/PROTO]",
         help="publish a port on the host",
     )
+    p.add_argument("--shim-group", default="", metavar="NAME",
+                   help="share one runc shim with the group's other containers")  # fmt: skip
     p.add_argument("--sig-proxy", default=True, action=argparse.BooleanOptionalAction,
                    help="pass signals (Ctrl-C) to the container when attached")  # fmt: skip
     p.add_argument(

@@ -37,6 +37,7 @@ MESSAGES = {
         ('address', 21, 'string', False, ''),
         ('ports', 22, 'string', True, ''),
         ('image', 23, 'string', False, ''),
+        ('shim_group', 24, 'string', False, ''),
     ),
     'ContainerRef': (
         ('id', 1, 'string', False, ''),
@@ -64,6 +65,7 @@ MESSAGES = {
         ('pull', 20, 'string', False, ''),
         ('entrypoint', 21, 'string', True, ''),
         ('has_entrypoint', 22, 'bool', False, ''),
+        ('shim_group', 23, 'string', False, ''),
     ),
     'Event': (
         ('container_id', 2, 'string', False, ''),

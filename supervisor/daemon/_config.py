@@ -32,6 +32,9 @@
 
     [images]
     insecure_registries = ["registry.lan:5000"]   # plain http (loopback ones always are)
+
+    [runtime]
+    max_shim_group = 16                 # members of a shim group (1 to 64)
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ..errors import InvalidArgument, SupervisorError, one_line
 from ..net._cni import DEFAULT_PLUGIN_DIRS
 from ..net._manager import Mode
 from ..net._networks import DEFAULT_POOL, DEFAULT_SUBNET, parse_subnet
+from ._groups import DEFAULT_MAX_MEMBERS, MAX_MEMBERS_LIMIT
 
 __all__ = (
     "LOG_LEVELS",
@@ -104,6 +108,8 @@ class DaemonConfig:
     cni_path: tuple[Path, ...] = DEFAULT_PLUGIN_DIRS
     #: Registries pulled from over plain http (loopback ones always are).
     insecure_registries: tuple[str, ...] = ()
+    #: The most containers one shim group takes (see ._groups).
+    max_shim_group: int = DEFAULT_MAX_MEMBERS
 
     @property
     def fifo_dir(self) -> Path:
@@ -131,6 +137,7 @@ def load_config(path: Path | None) -> DaemonConfig:
         metrics = top.table("metrics", known=("address",))
         network = top.table("network", known=("default", "subnet", "pool", "cni_path"))
         images = top.table("images", known=("insecure_registries",))
+        runtime = top.table("runtime", known=("max_shim_group",))
         default = DaemonConfig()
         return DaemonConfig(
             containerd_address=_address(containerd),
@@ -153,6 +160,7 @@ def load_config(path: Path | None) -> DaemonConfig:
             network_pool=_subnet(network, "pool", default.network_pool),
             cni_path=_cni_path(network, default.cni_path),
             insecure_registries=_registries(images),
+            max_shim_group=_max_shim_group(runtime, default.max_shim_group),
         )
     except _Invalid as exc:
         raise ConfigError(path, exc.key, exc.message) from None
@@ -173,7 +181,15 @@ _TOP_KEYS = (
     "metrics",
     "network",
     "images",
+    "runtime",
 )
+
+
+def _max_shim_group(runtime: _Table, default: int) -> int:
+    value = runtime.integer("max_shim_group", default)
+    if not 1 <= value <= MAX_MEMBERS_LIMIT:
+        runtime.fail("max_shim_group", f"must be from 1 to {MAX_MEMBERS_LIMIT}, not {value}")
+    return value
 
 
 def _registries(images: _Table) -> tuple[str, ...]:

@@ -56,6 +56,7 @@ from ._definitions import (
     ContainerDefinition,
     directory_problem,
 )
+from ._groups import validate_group
 from ._images import lookup_user, normalize_image
 from ._labels import (
     COMMAND,
@@ -68,6 +69,7 @@ from ._labels import (
     POLICY,
     PREFIX,
     ROOTFS,
+    SHIM_GROUP,
     SOURCE,
     STARTED_AT,
     timestamp,
@@ -199,6 +201,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             log_path=labels.get(LOG_PATH, ""),
             problem=self.daemon.problems.get(cid, ""),
             image=image,
+            shim_group=labels.get(SHIM_GROUP, ""),
             **self._network_fields(cid, labels),
         )
 
@@ -983,6 +986,7 @@ def _definition(d: pb.Definition) -> ContainerDefinition:
         terminal=d.terminal,
         network=d.network or None,
         ports=check_ports(parse_port(p) for p in d.ports),
+        shim_group=validate_group(d.shim_group) if d.shim_group else "",
         source=Path("<api>"),
     )
 

@@ -20,6 +20,7 @@
     network = "bridge"                  # none, host, container:<id>, a network's name;
                                         # absent: the daemon's default (bridge)
     ports = ["8080:80", "127.0.0.1:5353:53/udp"]   # [IP:]HOST:CONTAINER[/tcp|udp]
+    shim_group = "web"                  # share one runc shim with this group's others
 
     [env]
     LANG = "C.UTF-8"
@@ -50,6 +51,7 @@ from ..errors import InvalidArgument, SupervisorError
 from ..net import Mode, PortMapping, parse_port
 from ..net._ports import check_ports
 from ._config import _Invalid, _located, _read_toml, _Table, _Unreadable
+from ._groups import validate_group
 from ._images import normalize_image
 from ._policy import RestartPolicy
 
@@ -86,6 +88,7 @@ _KEYS = (
     "terminal",
     "network",
     "ports",
+    "shim_group",
 )
 _MOUNT_KEYS = ("source", "destination", "type", "options", "readonly")
 
@@ -148,6 +151,8 @@ class ContainerDefinition:
     entrypoint: tuple[str, ...] | None = None
     #: Which of IMAGE_DEFAULTS the definition gave (the others come from the image).
     explicit: frozenset[str] = field(default=frozenset(IMAGE_DEFAULTS), compare=False)
+    #: The shim group it shares a runc shim with ("": a shim of its own).
+    shim_group: str = ""
     source: Path
 
     def spec(self) -> dict[str, Any]:
@@ -293,6 +298,7 @@ def _parse(data: dict[str, Any], path: Path) -> ContainerDefinition:
         pull=_pull(table, image),
         entrypoint=_entrypoint(table, image),
         explicit=frozenset(key for key in IMAGE_DEFAULTS if table.has(key)),
+        shim_group=_shim_group(table),
         source=path,
     )
 
@@ -337,6 +343,16 @@ def _network(table: _Table) -> str | None:
         except InvalidArgument as exc:
             table.fail("network", str(exc))
     return value
+
+
+def _shim_group(table: _Table) -> str:
+    value = table.string("shim_group", None)
+    if value is None:
+        return ""
+    try:
+        return validate_group(value)
+    except InvalidArgument as exc:
+        table.fail("shim_group", str(exc))
 
 
 def _ports(table: _Table) -> tuple[PortMapping, ...]:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ from ..net import DEFAULT_NETWORK, Attachment, Mode, NetworkManager, PortMapping
 from ..net._ports import port_taken
 from ._config import DaemonConfig
 from ._definitions import ContainerDefinition
+from ._groups import ShimGroups, group_of_spec
 from ._images import Pulls, lookup_user, with_image
 from ._labels import (
     COMMAND,
@@ -64,6 +66,7 @@ from ._labels import (
     PORTS,
     REMOVE_ON_EXIT,
     ROOTFS,
+    SHIM_GROUP,
     SOURCE,
     STARTED_AT,
     STARTED_PID,
@@ -140,6 +143,7 @@ class Keeper:
             plugin_dirs=config.cni_path,
         )
         self.pulls = Pulls(config.insecure_registries)
+        self.groups = ShimGroups(config.namespace, config.max_shim_group)
         #: Held while networks are made or removed (not while containers join them).
         self.network_lock = anyio.Lock()
         self._stopping = False
@@ -169,6 +173,7 @@ class Keeper:
             NETWORK: str(self.network_mode(definition)),
             PORTS: json.dumps([str(p) for p in definition.ports]),
             TERMINAL: "true" if definition.terminal else "false",
+            **({SHIM_GROUP: definition.shim_group} if definition.shim_group else {}),
             **RestartState().to_labels(),
         }
 
@@ -215,12 +220,28 @@ class Keeper:
             return None
         return await self.pulls.ensure(self.client, definition.image, definition.pull)
 
+    def group_members(self, name: str) -> set[str]:
+        """The containers of shim group ``name`` the daemon knows."""
+        return {cid for cid, d in self.definitions.items() if d.shim_group == name}
+
+    def _turn(self, container: Container) -> AbstractAsyncContextManager[None]:
+        """Held around a task's create or delete: those of one shim group take turns."""
+        return self.groups.turn(group_of_spec(container.info.spec))
+
     async def make(
         self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
     ) -> Container:
-        """Make a new container: its network checked and recorded (its ports
+        """Make a new container: a place in its shim group (FailedPrecondition
+        when that is full), its network checked and recorded (its ports
         taken), its own snapshot on the image, its spec, its record. Nothing
-        is left when it fails."""
+        is left when it fails. The caller adds it to ``definitions`` at once."""
+        group = definition.shim_group
+        with self.groups.joining(group, definition.id, self.group_members(group)):
+            return await self._make(definition, labels, image)
+
+    async def _make(
+        self, definition: ContainerDefinition, labels: dict[str, str], image: Image | None
+    ) -> Container:
         cid = definition.id
         if cid in self.net.attachments:
             # Left by a create that did not finish (callers make only what
@@ -235,6 +256,7 @@ class Keeper:
             if image is None:
                 spec = await anyio.to_thread.run_sync(effective.spec)  # reads the rootfs
                 self.net.configure_spec(spec, attachment)
+                self.groups.annotate(spec, definition.shim_group)
                 return await self.client.create_container(cid, spec, labels=labels)
             from ..images import remove_rootfs  # (images load on first use)
 
@@ -247,6 +269,7 @@ class Keeper:
                     user = await anyio.to_thread.run_sync(lookup_user, mounts, effective.user)
                     spec = replace(effective, user=user).spec()
                     self.net.configure_spec(spec, attachment)
+                    self.groups.annotate(spec, definition.shim_group)
                     return await self.client.create_container(
                         cid, spec, labels=labels, snapshot_key=cid, image=image.name
                     )
@@ -404,10 +427,11 @@ class Keeper:
         else:
             task = await container.task()
         try:
-            if drain:
-                await task.delete()
-            else:
-                await task.force_delete()
+            async with self._turn(container):
+                if drain:
+                    await task.delete()
+                else:
+                    await task.force_delete()
         except NotFound:
             pass
         if self._tasks.get(cid) is task:
@@ -477,8 +501,9 @@ class Keeper:
                 from ..images import rootfs_mounts
 
                 mounts = await rootfs_mounts(self.client, cid)
-        io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
-        task = await container.new_task(io, rootfs=mounts)
+        async with self._turn(container):
+            io = FifoIO.create(self.config.fifo_dir, cid, terminal=terminal, stdin=stdin)
+            task = await container.new_task(io, rootfs=mounts)
         old = self._tasks.get(cid)
         if old is not None:
             self._closing_io(old.io)  # a task that went while nobody watched
@@ -490,7 +515,8 @@ class Keeper:
             raise  # the next sync discards the created task
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(SupervisorError, TimeoutError):
-                await task.force_delete()
+                async with self._turn(container):
+                    await task.force_delete()
             if self._tasks.get(cid) is task:
                 del self._tasks[cid]
             raise
@@ -608,7 +634,9 @@ class Keeper:
         with anyio.CancelScope(shield=True), anyio.move_on_after(OPERATION_TIMEOUT):
             try:
                 with contextlib.suppress(NotFound):
-                    await (await container.task()).force_delete()
+                    task = await container.task()
+                    async with self._turn(container):
+                        await task.force_delete()
                 with contextlib.suppress(NotFound):
                     await container.delete()
             except (SupervisorError, TimeoutError):
@@ -763,7 +791,8 @@ class Keeper:
         except FailedPrecondition:
             # A task made meanwhile (not by us: we hold its lock).
             with contextlib.suppress(NotFound):
-                await (await container.task()).force_delete()
+                async with self._turn(container):
+                    await (await container.task()).force_delete()
             await container.delete()
         _remove_empty_cgroups(container.info.spec)
         await self.release(cid)  # before waiters hear of it: ports are free then

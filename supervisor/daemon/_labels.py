@@ -40,6 +40,8 @@ NETWORK = PREFIX + "network"
 PORTS = PREFIX + "ports"
 #: "true" or "false"; containers made before it have their spec read instead.
 TERMINAL = PREFIX + "terminal"
+#: The shim group a container was made in (its spec's annotation says the same, namespaced).
+SHIM_GROUP = PREFIX + "shim-group"
 MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 
@@ -82,5 +84,6 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
         else bool(spec.get("process", {}).get("terminal", False)),
         network=labels.get(NETWORK) or None,
         ports=tuple(parse_port(p) for p in json.loads(labels.get(PORTS) or "[]")),
+        shim_group=labels.get(SHIM_GROUP, ""),
         source=Path("<api>"),
     )

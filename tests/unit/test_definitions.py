@@ -577,6 +577,7 @@ def test_hash_changes_with_any_value(defs: Path, rootfs: Path, data: Path, tmp_p
         "image": "docker.io/library/busybox:1.36",
         "pull": "always",
         "entrypoint": ("/bin/sh",),
+        "shim_group": "web",
     }
     names = {f.name for f in dataclasses.fields(ContainerDefinition)} - {"source", "explicit"}
     assert set(changes) == names

@@ -156,6 +156,11 @@ class ContainerInfo(betterproto2.Message):
 
     image: "str" = betterproto2.field(23, betterproto2.TYPE_STRING)
 
+    shim_group: "str" = betterproto2.field(24, betterproto2.TYPE_STRING)
+    """
+    The shim group it shares a runc shim with; empty: a shim of its own.
+    """
+
 
 default_message_pool.register_message("supervisor.v1", "ContainerInfo", ContainerInfo)
 
@@ -235,6 +240,13 @@ class Definition(betterproto2.Message):
     entrypoint: "list[str]" = betterproto2.field(21, betterproto2.TYPE_STRING, repeated=True)
 
     has_entrypoint: "bool" = betterproto2.field(22, betterproto2.TYPE_BOOL)
+
+    shim_group: "str" = betterproto2.field(23, betterproto2.TYPE_STRING)
+    """
+    Share one runc shim with the other containers of this group (empty: a
+    shim of its own). The daemon caps a group's members ([runtime]
+    max_shim_group); a shim's crash ends every member.
+    """
 
 
 default_message_pool.register_message("supervisor.v1", "Definition", Definition)
