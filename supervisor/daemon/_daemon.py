@@ -127,6 +127,7 @@ class Daemon(Keeper):
         self._keep_all_why = ""
         self.problems: dict[str, str] = {}  # what `ps` and `inspect` show beside a container
         self._definitions_dirty = anyio.Event()
+        self._sweeping = False  # a sweep of what pulls left is under way
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Daemon(Keeper):
                 running,
             )
             self.notifier.ready(f"{running} containers running")
+            self._sweep_soon()
             if self.watchdog_interval is not None:
                 tg.start_soon(self._watchdog, self.watchdog_interval)
             await self._serve_signals(signals)
@@ -270,11 +272,7 @@ class Daemon(Keeper):
             if down:
                 log.info("containerd answers again; syncing %d containers", len(self.definitions))
                 down = False
-                try:
-                    with anyio.fail_after(RELIST_TIMEOUT):
-                        await self._sweep_leases()
-                except (SupervisorError, TimeoutError) as exc:
-                    log.debug("leases not swept yet: %s", exc)
+                self._sweep_soon()
 
     # -- definitions -------------------------------------------------------------
 
@@ -316,7 +314,6 @@ class Daemon(Keeper):
             if self.net.attachments or self.net.has_leftovers():
                 await self.net.sweep(everything)
             self._adopt_networks(existing)
-            await self._sweep_images(everything)
         for info in existing:
             if info.id not in wanted and info.labels.get(SOURCE) in ("api", "apply"):
                 try:
@@ -503,6 +500,28 @@ class Daemon(Keeper):
                 with contextlib.suppress(NotFound):
                     await self.client.leases.delete(lease.id)
                 log.info("removed lease %s (a pull or create that did not finish)", lease.id)
+
+    def _sweep_soon(self) -> None:
+        """Sweep what pulls and creates left (see :meth:`_sweep_images`) in a
+        task of its own, once none runs: at start (after READY: the sweep's
+        calls load the content, lease and snapshot services, ~0.1 s, and list
+        every snapshot) and whenever containerd comes back."""
+        if not self._sweeping and self._tg is not None:
+            self._sweeping = True
+            self._tg.start_soon(self._sweep_when_idle)
+
+    async def _sweep_when_idle(self) -> None:
+        try:
+            # No pull or create meanwhile: a lease or snapshot they just made
+            # is not mistaken for a leftover (they wait for the sweep).
+            async with self.pulls.removing():
+                with anyio.fail_after(OPERATION_TIMEOUT * 2):
+                    everything = {c.id for c in await self.client.list_containers()}
+                    await self._sweep_images(everything)
+        except EXPECTED as exc:
+            log.warning("what pulls left is not swept yet (%s); next time containerd returns", exc)
+        finally:
+            self._sweeping = False
 
     async def _sweep_images(self, containers: set[str]) -> None:
         """What a daemon killed in the middle of a pull or a create leaves:

@@ -152,7 +152,11 @@ async def test_a_definition_with_an_image_survives_a_daemon_kill(
         await prepare_rootfs(client.stores.with_lease(lease.id), "ghost", ref)
     assert "ghost" in snapshots(dirs) and ctr(dirs, "leases", "ls", "-q") == [lease.id]
     await ready(dirs)
-    assert "ghost" not in snapshots(dirs) and ctr(dirs, "leases", "ls", "-q") == []
+
+    async def swept() -> bool:  # right after READY
+        return "ghost" not in snapshots(dirs) and ctr(dirs, "leases", "ls", "-q") == []
+
+    await until(swept)
     [info] = ps(dirs)
     assert (info["status"], info["pid"]) == ("running", pid)  # adopted, not restarted
     # A restart by the policy mounts the snapshot again.
