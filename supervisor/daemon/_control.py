@@ -147,11 +147,6 @@ def _from_unix_nanos(nanos: int) -> datetime | None:
     return _EPOCH + timedelta(microseconds=nanos // 1000)
 
 
-#: Up to this many stale containers, `ps` reads each (two calls); beyond, it
-#: lists them all (two calls in all, but a decode of every container).
-_READ_ONE_BY_ONE = 16
-
-
 class ControlService(pb.ControlBase):  # type: ignore[misc]
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -242,7 +237,7 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         stale = [cid for cid in ids if view.fresh(cid) is None]
         if stale:
             with _status():
-                read = await self._read(stale)
+                read = await daemon.read_view(stale)
         out = bytearray()
         wanted = ("running", "paused", "created")
         for cid in ids:
@@ -268,44 +263,6 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
             out += _varint(len(item))
             out += item
         return Encoded(bytes(out))
-
-    async def _read(
-        self, ids: Sequence[str]
-    ) -> dict[str, tuple[ContainerInfo | None, ProcessState | None]]:
-        """Read containers again, keep what nothing touched meanwhile."""
-        client, view = self.daemon.client, self.daemon.view
-        generations = {cid: view.generation(cid) for cid in ids}
-        read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
-        if len(ids) > _READ_ONE_BY_ONE:
-            containers = {c.id: c for c in await client.list_containers(MANAGED_FILTER)}
-            tasks = {t.container_id: t for t in await client.list_tasks()}
-            for cid in ids:
-                read[cid] = (containers.get(cid), tasks.get(cid))
-        else:
-
-            async def one(cid: str) -> None:
-                try:
-                    info = (await client.load_container(cid)).info
-                except NotFound:
-                    read[cid] = (None, None)
-                    return
-                if info.labels.get(MANAGED) != "true":
-                    read[cid] = (None, None)  # as the listing's filter would
-                    return
-                try:
-                    task: ProcessState | None = await client.process_state(cid)
-                except NotFound:
-                    task = None
-                read[cid] = (info, task)
-
-            async with anyio.create_task_group() as tg:
-                for cid in ids:
-                    tg.start_soon(one, cid)
-        known = self.daemon.definitions
-        for cid, (info, task) in read.items():
-            if cid in known:
-                view.store(cid, generations[cid], info, task)
-        return read
 
     def _encode_info(self, cid: str, info: ContainerInfo, task: ProcessState | None) -> bytes:
         fields = self._info_fields(cid, info.labels, task, info.image)

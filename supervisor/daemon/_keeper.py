@@ -14,7 +14,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -60,6 +60,7 @@ from ._labels import (
     HASH,
     LOG_PATH,
     MANAGED,
+    MANAGED_FILTER,
     NETWORK,
     NEXT_START,
     POLICY,
@@ -113,6 +114,11 @@ MAX_STEPS = 10
 #: Errors that leave a start to be retried as it is (no exit recorded).
 _TRANSIENT = (Unavailable, TimeoutError, OSError, AlreadyExists, NotFound)
 _LIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
+
+
+#: Up to this many stale containers, the view reads each (two calls); beyond,
+#: it lists them all (two calls in all, but a decode of every container).
+READ_ONE_BY_ONE = 16
 
 
 class Keeper:
@@ -303,6 +309,62 @@ class Keeper:
                 await self.net.release(cid)
         except (SupervisorError, OSError, TimeoutError) as exc:
             log.error("cannot release the network of %s: %s", cid, exc)
+
+    async def read_view(
+        self, ids: Sequence[str]
+    ) -> dict[str, tuple[ContainerInfo | None, ProcessState | None]]:
+        """Read these containers (and their tasks) from containerd again, and
+        keep in the view what nothing touched meanwhile. A few are read one
+        by one; beyond ``READ_ONE_BY_ONE``, one listing of each serves all."""
+        client, view = self.client, self.view
+        generations = {cid: view.generation(cid) for cid in ids}
+        read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
+        if len(ids) > READ_ONE_BY_ONE:
+            containers = {c.id: c for c in await client.list_containers(MANAGED_FILTER)}
+            tasks = {t.container_id: t for t in await client.list_tasks()}
+            for cid in ids:
+                read[cid] = (containers.get(cid), tasks.get(cid))
+        else:
+
+            async def one(cid: str) -> None:
+                try:
+                    info = (await client.load_container(cid)).info
+                except NotFound:
+                    read[cid] = (None, None)
+                    return
+                if info.labels.get(MANAGED) != "true":
+                    read[cid] = (None, None)  # as the listing's filter would
+                    return
+                try:
+                    task: ProcessState | None = await client.process_state(cid)
+                except NotFound:
+                    task = None
+                read[cid] = (info, task)
+
+            async with anyio.create_task_group() as tg:
+                for cid in ids:
+                    tg.start_soon(one, cid)
+        for cid, (info, task) in read.items():
+            if cid in self.definitions:
+                view.store(cid, generations[cid], info, task)
+        return read
+
+    async def current(self) -> dict[str, tuple[ContainerInfo, ProcessState | None]]:
+        """Every container the daemon keeps, and its task, as containerd says
+        now: from the view, what is stale read again."""
+        ids = sorted(self.definitions)
+        stale = [cid for cid in ids if self.view.fresh(cid) is None]
+        read = await self.read_view(stale) if stale else {}
+        out: dict[str, tuple[ContainerInfo, ProcessState | None]] = {}
+        for cid in ids:
+            entry = self.view.fresh(cid)
+            if entry is not None:
+                info, task = entry.info, entry.task
+            else:
+                info, task = read.get(cid, (None, None))
+            if info is not None:
+                out[cid] = (info, task)
+        return out
 
     def attachment(self, cid: str) -> Attachment | None:
         return self.net.attachments.get(cid)
