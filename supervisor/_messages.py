@@ -107,7 +107,7 @@ class _Field:
 
 
 class _Type:
-    __slots__ = ("by_name", "by_number", "fields", "name", "oneofs")
+    __slots__ = ("by_name", "by_number", "fast", "fields", "name", "oneofs")
 
     def __init__(self, name: str, fields: list[_Field]) -> None:
         self.name = name
@@ -115,9 +115,15 @@ class _Type:
         self.by_name = {f.name: f for f in self.fields}
         self.by_number = {f.number: f for f in self.fields}
         self.oneofs: dict[str, list[str]] = {}
+        #: Singular strings and varints outside any oneof, by their key (field
+        #: number and the wire type they must come with): decoded without the
+        #: general path's checks (~40% of `ps`'s decode of 1000 containers).
+        self.fast: dict[int, tuple[str, str]] = {}
         for f in self.fields:
             if f.oneof:
                 self.oneofs.setdefault(f.oneof, []).append(f.name)
+            elif not f.repeated and (f.code == _STRING or (f.code == _SCALAR and f.wire == 0)):
+                self.fast[(f.number << 3) | f.wire] = (f.name, f.kind)
 
 
 _TYPES: dict[str, _Type] = {}
@@ -312,6 +318,7 @@ def _decode_values(t: _Type, buf: bytes) -> dict[str, Any]:
     nested: dict[str, bytes] = {}  # a singular message field seen more than once is merged
     pos, end = 0, len(buf)
     by_number = t.by_number
+    fast = t.fast
     while pos < end:
         key = buf[pos]  # one byte for field numbers up to 15: the fast path
         if key < 0x80:
@@ -330,8 +337,23 @@ def _decode_values(t: _Type, buf: bytes) -> dict[str, Any]:
                 raise DecodeError(f"malformed {t.name}: a field longer than the message")
             value = buf[pos : pos + size]
             pos += size
+            plain = fast.get(key)
+            if plain is not None:  # a string
+                try:
+                    values[plain[0]] = value.decode()
+                except UnicodeDecodeError:
+                    raise DecodeError(f"malformed {t.name}: {plain[0]} is not UTF-8") from None
+                continue
         elif wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value = buf[pos]
+            if value < 0x80:
+                pos += 1
+            else:
+                value, pos = _read_varint(buf, pos)
+            plain = fast.get(key)
+            if plain is not None:
+                values[plain[0]] = _from_varint(plain[1], value)
+                continue
         elif wire == 1:
             value = buf[pos : pos + 8]
             pos += 8
