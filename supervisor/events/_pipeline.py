@@ -14,7 +14,7 @@ from .._proto.containerd.services.events import v1 as events_pb
 from .._proto.google.protobuf import Any as AnyPb
 from ..client import Client, ProcessState
 from ..errors import NotFound, SupervisorError, map_errors
-from ._decode import DECODERS, MALFORMED, DecodeError, envelope, fields
+from ._decode import DecodeError, decode
 from ._h2stream import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ServerStream
 from ._h2stream import ProtocolError as H2ProtocolError
 from ._ledger import FORGET_AFTER, ExitLedger, Known, reconcile
@@ -288,22 +288,19 @@ class EventPipeline:
         async for batch in stream:
             stats.received += len(batch)
             for data in batch:
-                type_name = "?"
                 try:
-                    _topic, type_name, value, timestamp = envelope(data)
-                    decoder = DECODERS.get(type_name)
-                    if decoder is None:
-                        if type_name != SYNC_TYPE:
-                            self._skip(type_name, "not a routed event type")
-                        elif value == sync.nonce and not sync.seen.is_set():
-                            sync.seen.set()
-                            tg.start_soon(self._reconcile, first, task_status, tg)
-                        continue
-                    event_type, decode = decoder
-                    event = decode(fields(value), timestamp)
-                except (DecodeError, *MALFORMED) as exc:
-                    self._skip(type_name, f"undecodable ({exc})")
+                    type_name, value, event_type, event = decode(data)
+                except DecodeError as exc:
+                    self._skip(exc.type_name, f"undecodable ({exc})")
                     continue
+                if event is None:
+                    if type_name != SYNC_TYPE:
+                        self._skip(type_name, "not a routed event type")
+                    elif value == sync.nonce and not sync.seen.is_set():
+                        sync.seen.set()
+                        tg.start_soon(self._reconcile, first, task_status, tg)
+                    continue
+                assert event_type is not None
                 if not route(event_type, event):
                     await self._route_slowly(event_type, event)
 

@@ -24,7 +24,7 @@ from supervisor.events import (
     TaskResumed,
     TaskStart,
 )
-from supervisor.events._decode import DECODERS, decode_event, envelope
+from supervisor.events._decode import DECODERS, decode, decode_event, envelope
 
 GO_ZERO = datetime(1, 1, 1, tzinfo=UTC)
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -288,3 +288,88 @@ def test_random_bytes_parse_or_fail_with_a_known_error(data: bytes, type_name: s
     # exception type or a malformed result still fails the suite meanwhile.
     with contextlib.suppress(IndexError, OverflowError):
         _parse_or_decode_error(data, type_name)
+
+
+def _careful(data: bytes) -> tuple[str, bytes, EventType | None, Event | None]:
+    _topic, name, value, ts = envelope(data)
+    if name not in DECODERS:
+        return name, value, None, None
+    return (name, value, *decode_event(name, value, ts))
+
+
+@pytest.mark.parametrize(("msg", "type_name", "event_type", "expected"), CASES)
+def test_decode_agrees_with_the_careful_path(
+    msg: betterproto2.Message, type_name: str, event_type: EventType, expected: Event
+) -> None:
+    for prefix in ("", "type.googleapis.com/"):
+        data = wrap(msg, type_name, prefix=prefix)
+        assert decode(data) == _careful(data) == (
+            "containerd.events." + type_name,
+            bytes(msg),
+            event_type,
+            expected,
+        )
+
+
+@given(
+    cid=IDS,
+    exec_id=st.one_of(st.just(""), IDS),
+    pid=UINT32,
+    status=UINT32,
+    exited_at=st.one_of(st.none(), st.just(GO_ZERO), TIMES),
+    stamp=st.one_of(st.none(), st.just(GO_ZERO), TIMES),
+    topic=st.text(max_size=20),
+)
+def test_decode_of_task_exits_agrees(
+    cid: str,
+    exec_id: str,
+    pid: int,
+    status: int,
+    exited_at: datetime | None,
+    stamp: datetime | None,
+    topic: str,
+) -> None:
+    msg = ev_pb.TaskExit(
+        container_id=cid, id=exec_id, pid=pid, exit_status=status, exited_at=exited_at
+    )
+    data = wrap(msg, "TaskExit", topic=topic, timestamp=stamp)
+    assert decode(data) == _careful(data)
+
+
+def test_decode_of_other_types_agrees() -> None:
+    data = bytes(Envelope(topic="/x", event=Any(type_url="containerd-supervisor.Sync", value=b"n")))
+    assert decode(data) == ("containerd-supervisor.Sync", b"n", None, None)
+
+
+def _same_outcome(data: bytes) -> None:
+    try:
+        expected = _careful(data)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError) as raised:
+            decode(data)
+        assert str(raised.value) == str(exc)
+    else:
+        assert decode(data) == expected
+
+
+@given(data=st.binary(max_size=64))
+def test_decode_of_random_bytes_agrees(data: bytes) -> None:
+    _same_outcome(data)
+
+
+@given(data=st.data())
+def test_decode_of_damaged_envelopes_agrees(data: st.DataObject) -> None:
+    # Valid envelopes with one byte changed, cut or inserted: near the fast
+    # path's assumptions, where a disagreement would hide.
+    msg, type_name, _, _ = data.draw(st.sampled_from(CASES))
+    good = bytearray(wrap(msg, type_name, timestamp=WHEN))
+    at = data.draw(st.integers(0, len(good) - 1))
+    how = data.draw(st.sampled_from(["set", "cut", "insert"]))
+    byte = data.draw(st.integers(0, 255))
+    if how == "set":
+        good[at] = byte
+    elif how == "cut":
+        del good[at:]
+    else:
+        good.insert(at, byte)
+    _same_outcome(bytes(good))
