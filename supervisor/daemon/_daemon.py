@@ -313,10 +313,17 @@ class Daemon(Keeper):
             listed.extend(await self.client.list_containers())
 
         async def list_tasks() -> None:
-            tasks.update((t.container_id, t) for t in await self.client.list_tasks())
+            assert self._sup is not None
+            # The event pipeline's first reconcile listed them once its
+            # subscription was live: what changed since comes as events.
+            listing = self._sup.pipeline.take_first_listing()
+            if listing is None:
+                listing = await self.client.list_tasks()
+            tasks.update((t.container_id, t) for t in listing)
 
         # At once: containerd asks every shim for Tasks.List (~0.2 s at 1000)
-        # while the containers' records are decoded here.
+        # while the containers' records are decoded here (when the pipeline's
+        # listing cannot serve).
         with anyio.fail_after(OPERATION_TIMEOUT):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(list_containers)

@@ -113,6 +113,7 @@ class EventPipeline:
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self._ledger = ExitLedger(forget_after)
+        self._first_listing: list[ProcessState] | None = None
         self._known = Known()
         self._queues: SerialQueues | None = None
         self._state = ConnectionState.CONNECTING
@@ -163,6 +164,14 @@ class EventPipeline:
     def stop(self) -> None:
         """Stop reading; :meth:`run` then drains the queues (bounded) and returns."""
         self._stop.cancel()
+
+    def take_first_listing(self) -> list[ProcessState] | None:
+        """The tasks as containerd listed them for the first reconcile, once
+        the subscription was live (every change since comes as an event), for
+        one taker: a caller that would list them again at start can save the
+        call (at 1000 tasks containerd asks each shim: ~0.2 s). None after."""
+        listing, self._first_listing = self._first_listing, None
+        return listing
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until :meth:`stop` or cancellation. ``task_status.started()`` is
@@ -418,4 +427,5 @@ class EventPipeline:
             )
         self._set_state(ConnectionState.CONNECTED)
         if first:
+            self._first_listing = tasks
             task_status.started()
