@@ -805,8 +805,13 @@ class Keeper:
             return
         labels = container.info.labels
         if manual:
-            # The intent first: whatever happens next, no policy restarts it.
-            await container.update_labels(manual_stop(lenient_state(labels)).to_labels())
+            # The intent first: whatever happens next, no policy restarts it,
+            # and a removal a killed daemon left half done is finished by the
+            # next one (as `run --rm`), not undone by `always` at its start.
+            intent = manual_stop(lenient_state(labels)).to_labels()
+            if remove:
+                intent[REMOVE_ON_EXIT] = "true"
+            await container.update_labels(intent)
         try:
             state: ProcessState | None = await self.client.process_state(cid)
         except NotFound:
@@ -841,7 +846,7 @@ class Keeper:
         """The rest of a removal, the task ended: what a sync would record of
         the exit would go with the record, so the task and the record are
         deleted at once. A daemon killed meanwhile finds the container
-        stopped by hand, and leaves it stopped."""
+        stopped by hand and marked to go on exit, and removes it."""
         cid = container.id
         if state is not None:
             if code is None and state.exit_status is not None:
