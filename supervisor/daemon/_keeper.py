@@ -353,11 +353,14 @@ class Keeper:
         """Every container the daemon keeps, and its task, as containerd says
         now: from the view, what is stale read again."""
         ids = sorted(self.definitions)
-        stale = [cid for cid in ids if self.view.fresh(cid) is None]
+        before = {cid: self.view.fresh(cid) for cid in ids}
+        stale = [cid for cid, entry in before.items() if entry is None]
         read = await self.read_view(stale) if stale else {}
         out: dict[str, tuple[ContainerInfo, ProcessState | None]] = {}
         for cid in ids:
-            entry = self.view.fresh(cid)
+            # Fresh when this began and touched since: as it was then (it is
+            # not in ``read``), not left out.
+            entry = self.view.fresh(cid) or before[cid]
             if entry is not None:
                 info, task = entry.info, entry.task
             else:
