@@ -234,14 +234,17 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         view = daemon.view
         ids = sorted(daemon.definitions)
         read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
-        stale = [cid for cid in ids if view.fresh(cid) is None]
+        before = {cid: view.fresh(cid) for cid in ids}
+        stale = [cid for cid, entry in before.items() if entry is None]
         if stale:
             with _status():
                 read = await daemon.read_view(stale)
         out = bytearray()
         wanted = ("running", "paused", "created")
         for cid in ids:
-            entry = view.fresh(cid)
+            # One touched while the stale ones were read shows as this call
+            # found it: fresh then, it is not in ``read``.
+            entry = view.fresh(cid) or before[cid]
             if entry is None:
                 # Touched again while it was read: this call shows that read.
                 info, task = read.get(cid, (None, None))

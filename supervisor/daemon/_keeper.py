@@ -353,11 +353,14 @@ class Keeper:
         """Every container the daemon keeps, and its task, as containerd says
         now: from the view, what is stale read again."""
         ids = sorted(self.definitions)
-        stale = [cid for cid in ids if self.view.fresh(cid) is None]
+        before = {cid: self.view.fresh(cid) for cid in ids}
+        stale = [cid for cid, entry in before.items() if entry is None]
         read = await self.read_view(stale) if stale else {}
         out: dict[str, tuple[ContainerInfo, ProcessState | None]] = {}
         for cid in ids:
-            entry = self.view.fresh(cid)
+            # Fresh when this began and touched since: as it was then (it is
+            # not in ``read``), not left out.
+            entry = self.view.fresh(cid) or before[cid]
             if entry is not None:
                 info, task = entry.info, entry.task
             else:
@@ -805,8 +808,13 @@ class Keeper:
             return
         labels = container.info.labels
         if manual:
-            # The intent first: whatever happens next, no policy restarts it.
-            await container.update_labels(manual_stop(lenient_state(labels)).to_labels())
+            # The intent first: whatever happens next, no policy restarts it,
+            # and a removal a killed daemon left half done is finished by the
+            # next one (as `run --rm`), not undone by `always` at its start.
+            intent = manual_stop(lenient_state(labels)).to_labels()
+            if remove:
+                intent[REMOVE_ON_EXIT] = "true"
+            await container.update_labels(intent)
         try:
             state: ProcessState | None = await self.client.process_state(cid)
         except NotFound:
@@ -841,7 +849,7 @@ class Keeper:
         """The rest of a removal, the task ended: what a sync would record of
         the exit would go with the record, so the task and the record are
         deleted at once. A daemon killed meanwhile finds the container
-        stopped by hand, and leaves it stopped."""
+        stopped by hand and marked to go on exit, and removes it."""
         cid = container.id
         if state is not None:
             if code is None and state.exit_status is not None:

@@ -399,3 +399,52 @@ async def test_a_definition_that_no_longer_loads_keeps_its_container(dirs: Daemo
         assert await pid_of(client, "typo") == pid  # unchanged file: untouched
         assert await pid_of(client, "renamed") is None  # removed with its file
     assert daemon.poll() is None
+
+
+async def test_daemon_sigkilled_in_rm_f_the_next_one_finishes_the_removal(
+    dirs: DaemonDirs,
+) -> None:
+    """`rm -f` of an `always` container, the daemon SIGKILLed after the kill
+    and before the container's delete (held there: something outside keeps
+    its stdout FIFO open, so the removal waits for the log to drain): the next
+    daemon removes it, and does not start it again (as `always` would a
+    container merely stopped by hand)."""
+    dirs.start()
+    await dirs.message("READY=1")
+    done = dirs.cli("run", "-d", "--rootfs", str(dirs.rootfs), "--name", "doomed",
+                    "--restart", "always", "sleep", "1000")  # fmt: skip
+    assert done.code == 0, done.err
+    async with Client(dirs.address, dirs.namespace) as client:
+        state = await client.process_state("doomed")
+    holder = os.open(state.stdout, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        rm = dirs.cli_process("rm", "-f", "doomed")
+        async with Client(dirs.address, dirs.namespace) as client:
+
+            async def killed() -> bool:
+                return (await client.process_state("doomed")).status is TaskStatus.STOPPED
+
+            await until(killed, within=10)
+        await anyio.sleep(0.3)  # the removal waits in the log's drain (2 s)
+        proc = dirs.procs[-1]
+        proc.kill()
+        proc.wait(10)
+        rm.wait(10)
+    finally:
+        os.close(holder)
+    dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+
+        async def gone() -> bool:
+            try:
+                await client.load_container("doomed")
+            except NotFound:
+                return True
+            assert await pid_of(client, "doomed") is None, "started again"
+            return False
+
+        await until(gone, within=10)
+        await anyio.sleep(1.5)  # and it stays gone
+        assert "doomed" not in {c.id for c in await client.list_containers()}
+    assert "doomed" not in dirs.cli("ps", "-a").out

@@ -101,3 +101,41 @@ async def test_list_reply_is_what_betterproto_would_send(tmp_path: Path, count: 
     )
     assert calls == ["load_container", "process_state"]
     assert again.containers[1].problem == ""  # what the daemon adds is not kept stale
+
+
+async def test_list_keeps_a_container_touched_while_others_are_read(tmp_path: Path) -> None:
+    """A container fresh when `ps` began and touched (an event, an operation's
+    lock) while `ps` read the stale ones was left out of the reply, and out of
+    the metrics' scrape: it is shown as the call found it."""
+    from supervisor.client import ContainerInfo, ProcessState, TaskStatus
+
+    labels = {"io.containerd-supervisor/managed": "true"}
+    infos = {cid: ContainerInfo(cid, labels, "r", {}, "", None, None) for cid in ("a", "b")}
+    keeper: Keeper
+
+    class Fake:
+        async def load_container(self, cid: str) -> Any:
+            keeper.view.touch("a")  # meanwhile: an exit event for a
+            return type("C", (), {"info": infos[cid]})
+
+        async def process_state(self, cid: str) -> ProcessState:
+            return ProcessState(cid, None, 7, TaskStatus.RUNNING, None, False, "", "", "")
+
+    class Listing(Keeper):
+        @property
+        def client(self) -> Any:
+            return Fake()
+
+    keeper = Listing(DaemonConfig(state_dir=tmp_path))
+    keeper.definitions.update({"a": None, "b": None})  # type: ignore[dict-item]
+    keeper.problems = {}  # type: ignore[attr-defined]
+    service = ControlService(keeper)  # type: ignore[arg-type]
+    for through in ("list", "current"):
+        keeper.view.store("a", keeper.view.generation("a"), infos["a"], None)  # fresh
+        keeper.view.touch("b")  # stale: read again, and a is touched meanwhile
+        if through == "current":  # the metrics' scrape
+            assert sorted(await keeper.current()) == ["a", "b"]
+        else:
+            reply = await service.list(pb.ListRequest(all=True))
+            parsed = pb.ListResponse.parse(reply.data)
+            assert [c.id for c in parsed.containers] == ["a", "b"]
