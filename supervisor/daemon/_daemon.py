@@ -58,6 +58,8 @@ log = logging.getLogger("supervisor.daemon")
 
 #: A relist that takes longer counts as containerd being away.
 RELIST_TIMEOUT = 10.0
+#: How often the sweep of what pulls left looks again for a moment without pulls.
+SWEEP_RETRY = 5.0
 #: First syncs at once when the daemon starts.
 FIRST_SYNCS = 32
 #: Retry of definitions that could not be applied: 1 s doubling to 30 s.
@@ -539,12 +541,17 @@ class Daemon(Keeper):
 
     async def _sweep_when_idle(self) -> None:
         try:
-            # No pull or create meanwhile: a lease or snapshot they just made
-            # is not mistaken for a leftover (they wait for the sweep).
-            async with self.pulls.removing():
-                with anyio.fail_after(OPERATION_TIMEOUT * 2):
-                    everything = {c.id for c in await self.client.list_containers()}
-                    await self._sweep_images(everything)
+            # Only while no pull or create runs (a lease or snapshot they just
+            # made is not a leftover), and without making one wait: a pull
+            # may take half an hour, a `run --rootfs` must not wait for it.
+            while True:
+                async with self.pulls.removing_if_idle() as idle:
+                    if idle:
+                        with anyio.fail_after(OPERATION_TIMEOUT * 2):
+                            everything = {c.id for c in await self.client.list_containers()}
+                            await self._sweep_images(everything)
+                        return
+                await anyio.sleep(SWEEP_RETRY)
         except EXPECTED as exc:
             log.warning("what pulls left is not swept yet (%s); next time containerd returns", exc)
         finally:

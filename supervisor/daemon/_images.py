@@ -126,6 +126,26 @@ class Pulls:
                     self._removing = False
                     self._changed.notify_all()
 
+    @contextlib.asynccontextmanager
+    async def removing_if_idle(self) -> AsyncIterator[bool]:
+        """:meth:`removing` when nothing uses images now (True), else False at
+        once: it never waits, so it never holds up a pull or a create that
+        comes while it would have waited."""
+        async with self._changed:
+            idle = not self._removing and not self._users
+            if idle:
+                self._removing = True
+        if not idle:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._changed:
+                    self._removing = False
+                    self._changed.notify_all()
+
     async def pull(
         self,
         client: Client,

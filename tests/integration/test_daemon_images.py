@@ -238,6 +238,17 @@ async def test_a_definition_waiting_for_its_image_holds_neither_ready_nor_sigter
         assert time.monotonic() - started < 30
         assert [c["id"] for c in ps(dirs, "-a")] == []  # waiting for its image
         assert "slow waits for its image" in dirs.output()
+        # Nor a run that needs no image: the sweep of what pulls left (due
+        # right after READY) waits for a moment without pulls instead of
+        # holding every create behind the stuck one (it did, for up to the
+        # pull's timeout).
+        began = time.monotonic()
+        done = dirs.cli(
+            "run", "-d", "--name", "plain", "--rootfs", str(dirs.rootfs), "sleep", "100"
+        )
+        assert done.code == 0, done.err
+        assert time.monotonic() - began < 10
+        assert dirs.cli("rm", "-f", "plain").code == 0
         dirs.procs[-1].terminate()
         assert dirs.procs[-1].wait(30) == 0
     finally:
