@@ -58,6 +58,8 @@ log = logging.getLogger("supervisor.daemon")
 
 #: A relist that takes longer counts as containerd being away.
 RELIST_TIMEOUT = 10.0
+#: Every this many task relists, the containers' records are listed too.
+RELIST_CONTAINERS_EVERY = 10
 #: How often the sweep of what pulls left looks again for a moment without pulls.
 SWEEP_RETRY = 5.0
 #: First syncs at once when the daemon starts.
@@ -253,6 +255,7 @@ class Daemon(Keeper):
         its last sync saw is synced again (a lost event, an outage)."""
         down = False
         subscriptions = self.pipeline_stats().subscriptions
+        relists = 0
         while True:
             await anyio.sleep(RELIST_INTERVAL)
             try:
@@ -277,6 +280,33 @@ class Daemon(Keeper):
                 log.info("containerd answers again; syncing %d containers", len(self.definitions))
                 down = False
                 self._sweep_soon()
+            relists += 1
+            if relists % RELIST_CONTAINERS_EVERY == 0:
+                await self._relist_containers()
+
+    async def _relist_containers(self) -> None:
+        """A record removed or relabelled behind the daemon's back (`ctr c
+        rm`, `ctr c label`) sends no task event: now and then the records
+        are listed too, and a difference makes a sync and a fresh read."""
+        try:
+            with anyio.fail_after(RELIST_TIMEOUT):
+                listed = {c.id: c for c in await self.client.list_containers(MANAGED_FILTER)}
+        except (SupervisorError, TimeoutError):
+            return  # the task relist notices an outage
+        view = self.view
+        for cid in list(self.definitions):
+            info = listed.get(cid)
+            entry = view.fresh(cid)
+            if info is None:
+                if entry is not None and entry.info is not None:
+                    view.touch(cid)
+                    self.scheduler.request(cid)
+            elif entry is not None and (
+                entry.info is None
+                or entry.info.labels != info.labels
+                or entry.info.image != info.image
+            ):
+                view.touch(cid)
 
     # -- definitions -------------------------------------------------------------
 

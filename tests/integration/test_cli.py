@@ -324,3 +324,32 @@ async def test_mistakes_give_one_line_and_non_zero(dirs: DaemonDirs) -> None:
     done = dirs.cli("ps")
     assert done.code == 125
     assert done.err.count("\n") == 1 and "cannot reach the daemon" in done.err
+
+
+async def test_ps_follows_records_changed_behind_the_daemons_back(dirs: DaemonDirs) -> None:
+    """`ps` answers from the daemon's view; a record removed or relabelled
+    with ctr sends no task event, and the view still catches up."""
+    await ready(dirs)
+    rootfs = str(dirs.rootfs)
+    assert dirs.cli("run", "-d", "--name", "gone", "--rootfs", rootfs, "true").code == 0
+    assert dirs.cli("run", "-d", "--name", "kept", "--rootfs", rootfs, "sleep", "100").code == 0
+
+    async def gone_exited() -> bool:  # its exit recorded, its task deleted
+        return [(c["id"], c["status"], c["exit_code"]) for c in ps(dirs, "-a")] == [
+            ("gone", "stopped", 0), ("kept", "running", None),
+        ]  # fmt: skip
+
+    await until(gone_exited)
+    ctr = ["ctr", "-a", str(dirs.address), "-n", dirs.namespace]
+    subprocess.run([*ctr, "container", "rm", "gone"], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [*ctr, "container", "label", "kept", "team=blue"], check=True, capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+
+    async def caught_up() -> bool:
+        listed = ps(dirs, "-a")
+        return [c["id"] for c in listed] == ["kept"] and listed[0]["labels"] == {"team": "blue"}
+
+    await until(caught_up)
+    assert dirs.cli("rm", "-f", "kept").code == 0
