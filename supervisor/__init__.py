@@ -6,7 +6,7 @@ else that needs one part) does not pay for importing the whole library.
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import load
 
 TYPE_CHECKING = False  # not typing's: importing typing is a tenth of the CLI's start-up
 
@@ -79,12 +79,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    return load(globals(), _WHERE, name)
 
 
 def __dir__() -> list[str]:

@@ -3,8 +3,7 @@ content, images, snapshots and leases."""
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import load
 from ._client import DEFAULT_ADDRESS as DEFAULT_ADDRESS
 from ._client import DEFAULT_FIFO_DIR as DEFAULT_FIFO_DIR
 from ._client import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
@@ -75,12 +74,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'supervisor.client' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    return load(globals(), _LAZY, name)
 
 
 __all__ = (

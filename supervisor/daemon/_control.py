@@ -31,6 +31,7 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 
 from .. import __version__
+from .._messages import _varint
 from .._messages import new as new_message
 from .._proto.supervisor import v1 as pb
 from .._units import parse_signal
@@ -231,37 +232,21 @@ class ControlService(pb.ControlBase):  # type: ignore[misc]
         # costs no call, what is stale is read again (at most one listing of
         # containers and one of tasks, whatever their number).
         daemon = self.daemon
-        view = daemon.view
-        ids = sorted(daemon.definitions)
-        read: dict[str, tuple[ContainerInfo | None, ProcessState | None]] = {}
-        before = {cid: view.fresh(cid) for cid in ids}
-        stale = [cid for cid, entry in before.items() if entry is None]
-        if stale:
-            with _status():
-                read = await daemon.read_view(stale)
+        with _status():
+            current = await daemon.current()
         out = bytearray()
         wanted = ("running", "paused", "created")
-        for cid in ids:
-            # One touched while the stale ones were read shows as this call
-            # found it: fresh then, it is not in ``read``.
-            entry = view.fresh(cid) or before[cid]
-            if entry is None:
-                # Touched again while it was read: this call shows that read.
-                info, task = read.get(cid, (None, None))
-                if info is None:
-                    continue
-                item = self._encode_info(cid, info, task)
-            else:
-                if entry.info is None:
-                    continue
-                task = entry.task
-                key = (daemon.problems.get(cid), daemon.attachment(cid))
-                if entry.encoded is None or entry.encoded_key != key:
-                    entry.encoded = self._encode_info(cid, entry.info, task)
-                    entry.encoded_key = key
-                item = entry.encoded
+        for cid, (info, task, entry) in current.items():
             if not message.all and _status_of(task) not in wanted:
                 continue
+            if entry is None:
+                item = self._encode_info(cid, info, task)
+            else:
+                key = (daemon.problems.get(cid), daemon.attachment(cid))
+                if entry.encoded is None or entry.encoded_key != key:
+                    entry.encoded = self._encode_info(cid, info, task)
+                    entry.encoded_key = key
+                item = entry.encoded
             out += b"\x0a"  # ListResponse.containers, field 1, length-delimited
             out += _varint(len(item))
             out += item
@@ -871,15 +856,6 @@ def _status_of(task: ProcessState | None) -> str:
     if task is None:
         return "stopped"
     return "exited" if task.status is TaskStatus.STOPPED else task.status.value
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _json_list(text: str | None) -> list[str]:

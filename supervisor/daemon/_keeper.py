@@ -89,7 +89,7 @@ from ._plan import (
 )
 from ._policy import RestartState, manual_start, manual_stop, record_oom
 from ._scheduler import SyncScheduler
-from ._view import TouchingLock, View
+from ._view import Entry, TouchingLock, View
 
 if TYPE_CHECKING:
     from ..client import RootfsMount, Stores
@@ -349,14 +349,15 @@ class Keeper:
                 view.store(cid, generations[cid], info, task)
         return read
 
-    async def current(self) -> dict[str, tuple[ContainerInfo, ProcessState | None]]:
-        """Every container the daemon keeps, and its task, as containerd says
-        now: from the view, what is stale read again."""
+    async def current(self) -> dict[str, tuple[ContainerInfo, ProcessState | None, Entry | None]]:
+        """Every container the daemon keeps (in id order), its task as
+        containerd says now, and the view's entry it came from (None: read
+        just now). From the view; what is stale read again."""
         ids = sorted(self.definitions)
         before = {cid: self.view.fresh(cid) for cid in ids}
         stale = [cid for cid, entry in before.items() if entry is None]
         read = await self.read_view(stale) if stale else {}
-        out: dict[str, tuple[ContainerInfo, ProcessState | None]] = {}
+        out: dict[str, tuple[ContainerInfo, ProcessState | None, Entry | None]] = {}
         for cid in ids:
             # Fresh when this began and touched since: as it was then (it is
             # not in ``read``), not left out.
@@ -366,7 +367,7 @@ class Keeper:
             else:
                 info, task = read.get(cid, (None, None))
             if info is not None:
-                out[cid] = (info, task)
+                out[cid] = (info, task, entry)
         return out
 
     def attachment(self, cid: str) -> Attachment | None:

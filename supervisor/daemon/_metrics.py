@@ -127,12 +127,12 @@ class DaemonMetrics:
             # cgroup files; containerd's Tasks.Metrics, which asks every shim
             # in turn (~1 ms a task), only for what those files cannot give.
             current = await daemon.current()
-            snapshot.containers = [info for info, _ in current.values()]
-            snapshot.tasks = {cid: task for cid, (_, task) in current.items() if task is not None}
+            snapshot.containers = [info for info, _, _ in current.values()]
+            snapshot.tasks = {c: t for c, (_, t, _) in current.items() if t is not None}
             snapshot.containerd_up = True
             paths = {
                 cid: self._cgroup_path(info)
-                for cid, (info, task) in current.items()
+                for cid, (info, task, _) in current.items()
                 if task is not None and task.pid > 0 and task.status in _LIVE
             }
             snapshot.stats = await anyio.to_thread.run_sync(_read_cgroups, paths)

@@ -286,54 +286,44 @@ def decode(data: bytes) -> tuple[str, bytes, EventType | None, Event | None]:
     return name, value, event_type, event
 
 
+def _delimited(buf: bytes) -> dict[int, bytes] | None:
+    """One message level whose fields all have one-byte keys and are
+    length-delimited, as containerd writes envelopes and their Any: each
+    field's bytes by its key (last wins). None for anything else."""
+    out: dict[int, bytes] = {}
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key = buf[pos]
+        if key & 0x87 != 2:
+            return None
+        size = buf[pos + 1]
+        if size & 0x80:
+            size, pos = _varint(buf, pos + 1)
+        else:
+            pos += 2
+        out[key] = buf[pos : pos + size]
+        pos += size
+    return out if pos == end else None
+
+
 def _decode_routed(data: bytes) -> tuple[str, bytes, EventType, Event] | None:
     """The usual case in one pass: an envelope of a routed type whose fields all
     have one-byte keys and are length-delimited, as containerd writes them.
     None for anything else, which :func:`decode` hands to the careful path."""
-    stamp: bytes | None = None
-    any_bytes: bytes | None = None
-    topic: bytes | None = None
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key = data[pos]
-        if key & 0x87 != 2:
-            return None
-        size = data[pos + 1]
-        if size & 0x80:
-            size, pos = _varint(data, pos + 1)
-        else:
-            pos += 2
-        start = pos
-        pos += size
-        if key == 0x22:
-            any_bytes = data[start:pos]
-        elif key == 0x0A:
-            stamp = data[start:pos]
-        elif key == 0x1A:
-            topic = data[start:pos]
-    if pos != end or any_bytes is None or (topic is not None and not topic.isascii()):
+    envelope = _delimited(data)
+    if envelope is None:
         return None
-    url = value = b""
-    pos = 0
-    end = len(any_bytes)
-    while pos < end:
-        key = any_bytes[pos]
-        if key & 0x87 != 2:
-            return None
-        size = any_bytes[pos + 1]
-        if size & 0x80:
-            size, pos = _varint(any_bytes, pos + 1)
-        else:
-            pos += 2
-        start = pos
-        pos += size
-        if key == 0x12:
-            value = any_bytes[start:pos]
-        elif key == 0x0A:
-            url = any_bytes[start:pos]
-    if pos != end:
+    any_bytes = envelope.get(0x22)
+    stamp = envelope.get(0x0A)
+    topic = envelope.get(0x1A)
+    if any_bytes is None or (topic is not None and not topic.isascii()):
         return None
+    event = _delimited(any_bytes)
+    if event is None:
+        return None
+    url = event.get(0x0A, b"")
+    value = event.get(0x12, b"")
     routed = _BY_URL.get(url)
     if routed is None:
         return None

@@ -7,7 +7,7 @@ does not import httpx (a tenth of a second at every start).
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import load
 
 TYPE_CHECKING = False
 
@@ -82,12 +82,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'supervisor.images' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+    return load(globals(), _WHERE, name)
 
 
 def __dir__() -> list[str]:
