@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,6 +357,14 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
     steady_runs = [run.runs(cid) for cid, kind in kinds.items() if kind == "steady"]
     stuck = sorted(cid for cid, late in monitor.late.items() if late > LATE)
     tracebacks = output.count("Traceback")
+    # What an operator reads after the faults: warnings and errors, by kind.
+    noisy = [
+        line for line in output.splitlines() if line.startswith(("WARNING ", "ERROR "))
+    ]
+    kinds_of_noise = Counter(
+        re.sub(r"\d+(\.\d+)?", "N", re.sub(r"\b(fast|slow|steady)\d+\b", "ID", line))[:90]
+        for line in noisy
+    )
     recorded = {
         cid: sum(
             1
@@ -435,6 +445,10 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
             f"{len(spurious)} / {sum(1 for r in steady_runs if r != 1)}"
         ),
         "tracebacks in daemon logs": tracebacks,
+        "warning and error lines in daemon logs / per fault": (
+            f"{len(noisy)} / {len(noisy) / max(1, args.containerd_kills + args.daemon_kills):.1f}"
+        ),
+        **{f"  {count} x": kind for kind, count in kinds_of_noise.most_common(8)},
         "daemon exit code on SIGTERM": daemon_rc,
         **{f"left after rm -f and SIGTERM: {k}": v for k, v in leftovers.items()},
         "_stuck": stuck,

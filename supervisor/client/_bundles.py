@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 log = logging.getLogger("supervisor.client")
@@ -36,6 +37,8 @@ _TASKS = "io.containerd.runtime.v2.task"
 _SHIM = b"containerd-shim"
 #: Where the runc v2 shim keeps runc's state, one directory per namespace.
 RUNC_ROOT = Path("/run/containerd/runc")
+#: How long a dead bundle's clearing waits for a shim that serves its id to exit.
+SHIM_EXIT_WAIT = 1.0
 
 
 def _shims() -> set[tuple[str, str]]:
@@ -118,6 +121,11 @@ def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: s
     call it only when containerd does not know the task and a Create of that
     id failed with :data:`DEAD_BUNDLE_ERROR`. Whether anything was removed."""
     shims = _shims()
+    # The shim of a lost task that was just deleted may still be exiting.
+    deadline = time.monotonic() + SHIM_EXIT_WAIT
+    while (namespace, task_id) in shims and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shims = _shims()
     removed = False
     for name in (task_id, f".{task_id}"):
         bundle = state / _TASKS / namespace / name

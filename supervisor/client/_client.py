@@ -534,16 +534,7 @@ class Container:
             # Interrupting Create leaves containerd half-way (a bundle, maybe a
             # shim), so it runs to its end; a cancellation is honoured after.
             with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_TIMEOUT):
-                try:
-                    reply = await self._create_task(request)
-                except AlreadyExists:
-                    if not await self._clear_ghost_task():
-                        raise
-                    reply = await self._create_task(request)
-                except ContainerdError as exc:
-                    if not await self._clear_dead_bundle(exc):
-                        raise
-                    reply = await self._create_task(request)
+                reply = await self._create_recovering(request)
             created = True
             await anyio.lowlevel.checkpoint_if_cancelled()
         except BaseException as exc:
@@ -556,6 +547,23 @@ class Container:
             raise
         io.process_ready()
         return Task(self, reply.pid, io)
+
+    async def _create_recovering(self, request: tasks_pb.CreateTaskRequest) -> Any:
+        """Create, clearing what a killed containerd left of an earlier task of
+        this id: a task it lost (AlreadyExists), then a dead bundle (which the
+        lost task's delete can itself leave), each at most once."""
+        ghost_cleared = bundle_cleared = False
+        while True:
+            try:
+                return await self._create_task(request)
+            except AlreadyExists:
+                if ghost_cleared or not await self._clear_ghost_task():
+                    raise
+                ghost_cleared = True
+            except ContainerdError as exc:
+                if bundle_cleared or not await self._clear_dead_bundle(exc):
+                    raise
+                bundle_cleared = True
 
     async def _create_task(self, request: tasks_pb.CreateTaskRequest) -> Any:
         with map_errors(f"create task {self.id}"):

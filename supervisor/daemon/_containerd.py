@@ -25,6 +25,7 @@ import anyio.abc
 
 from ..client import Client
 from ..client._bundles import sweep_dead_bundles
+from ..errors import one_line
 
 log = logging.getLogger("supervisor.containerd")
 
@@ -152,8 +153,7 @@ class ManagedContainerd:
         async with Client(self.address, "default") as client:
             while True:
                 if self.pid is None or not _alive(self.pid):
-                    tail = self._log_tail()
-                    raise ContainerdStartError(f"containerd exited while starting:\n{tail}")
+                    raise ContainerdStartError(await self._start_failure())
                 if _socket_accepts(self.address) and await client.is_serving():
                     return
                 if time.monotonic() > deadline:
@@ -163,11 +163,26 @@ class ManagedContainerd:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.25)
 
-    def _log_tail(self) -> str:
+    async def _start_failure(self) -> str:
+        """One line on why containerd ended while starting: the signal that
+        killed it, or its exit code and its last error line."""
+        code = None
+        if self._child is not None and self._child.pid == self.pid:
+            with anyio.move_on_after(1):
+                code = await self._child.wait()
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                return f"containerd was killed by {signal.Signals(-code).name} while starting"
         try:
-            return self.log_path.read_text(errors="replace")[-2000:]
+            with open(self.log_path, "rb") as f:  # noqa: ASYNC230 (a local file, once)
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+                tail = f.read().decode(errors="replace").splitlines()
         except OSError:
-            return ""
+            tail = []
+        errors = [line for line in tail if "level=fatal" in line or "level=error" in line]
+        last = (errors or [line for line in tail if line.strip()] or [""])[-1].strip()
+        status = f"exit code {code}" if code is not None else "exited"
+        return f"containerd {status} while starting: {one_line(last[-300:])} (log: {self.log_path})"
 
     # -- watch -------------------------------------------------------------------
 

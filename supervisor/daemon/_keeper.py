@@ -36,6 +36,7 @@ from ..client import (
     Task,
     TaskStatus,
 )
+from ..client._bundles import DEAD_BUNDLE_ERROR
 from ..errors import (
     AlreadyExists,
     ContainerdError,
@@ -544,6 +545,8 @@ class Keeper:
         except _TRANSIENT:
             raise
         except SupervisorError as exc:
+            if DEAD_BUNDLE_ERROR in str(exc):
+                raise  # what a killed containerd left, not the container's fault: retried
             labels = (await container.refresh()).labels
             step = record_exit(
                 labels, START_FAILED_EXIT, time.time(), labels.get(STARTED_PID, "0"),
