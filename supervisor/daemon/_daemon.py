@@ -33,6 +33,7 @@ from ..errors import AlreadyExists, NotFound, RegistryError, SupervisorError, Un
 from ..events import Event, EventType, TaskExit
 from ..net import Mode, parse_port
 from ._config import DaemonConfig
+from ._containerd import START_TIMEOUT as CONTAINERD_START_TIMEOUT
 from ._containerd import ContainerdStartError, ManagedContainerd
 from ._control import prepare_socket_dir, serve
 from ._definitions import ContainerDefinition, load_definitions
@@ -64,6 +65,10 @@ RELIST_CONTAINERS_EVERY = 10
 SWEEP_RETRY = 5.0
 #: First syncs at once when the daemon starts.
 FIRST_SYNCS = 32
+#: While the restore goes on, systemd is asked for START_EXTEND seconds more
+#: every START_PROGRESS_EVERY seconds (the unit's TimeoutStartSec is 90 s).
+START_PROGRESS_EVERY = 10.0
+START_EXTEND = 30.0
 #: Retry of definitions that could not be applied: 1 s doubling to 30 s.
 DEFINITIONS_RETRY_MIN = 1.0
 DEFINITIONS_RETRY_MAX = 30.0
@@ -177,21 +182,23 @@ class Daemon(Keeper):
         self.notifier.status("starting containerd" if config.managed else "connecting")
         address = config.containerd_address
         if address is None:
+            self.notifier.extend_timeout(CONTAINERD_START_TIMEOUT + START_EXTEND)
             self.managed = ManagedContainerd(
                 config.state_dir / "containerd", config.containerd_binary
             )
             await self.managed.start()
             address = self.managed.address
-        async with (
-            Supervisor(
-                self,
-                address,
-                config.namespace,
-                fifo_dir=str(config.fifo_dir),
-                containerd_state=self.managed.state_dirs() if self.managed else None,
-            ) as sup,
-            anyio.create_task_group() as tg,
-        ):
+        sup = Supervisor(
+            self,
+            address,
+            config.namespace,
+            fifo_dir=str(config.fifo_dir),
+            containerd_state=self.managed.state_dirs() if self.managed else None,
+        )
+        if self.managed is not None:
+            # Its watcher reports the managed containerd's death: one line a fault.
+            sup.pipeline.outage_level = logging.INFO
+        async with sup, anyio.create_task_group() as tg:
             self._sup, self._tg = sup, tg
             if self.managed is not None:
                 tg.start_soon(self.managed.watch)
@@ -387,12 +394,23 @@ class Daemon(Keeper):
         ]
         todo.reverse()
 
+        total = len(todo)
+        extended = time.monotonic()
+
         async def worker() -> None:
             # 32 workers, not a task a container: at 1000 containers the
             # tasks' own cost was ~50 ms of the daemon's start.
+            nonlocal extended
             while todo:
                 cid, seen = todo.pop()
                 await self._sync_and_report(cid, first=True, seen=seen)
+                if time.monotonic() - extended > START_PROGRESS_EVERY:
+                    # Containers to start after a reboot can take longer than
+                    # systemd's start timeout: say it goes on.
+                    extended = time.monotonic()
+                    self.notifier.extend_timeout(
+                        START_EXTEND, f"restoring: {total - len(todo)} of {total} containers"
+                    )
 
         async with anyio.create_task_group() as tg:
             for _ in range(min(FIRST_SYNCS, len(todo))):

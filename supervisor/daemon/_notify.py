@@ -79,6 +79,12 @@ class Notifier:
         """Set the free-form status shown by ``systemctl status``."""
         self.notify(_status(text))
 
+    def extend_timeout(self, seconds: float, status: str | None = None) -> None:
+        """Ask systemd for ``seconds`` more before it gives up on the start
+        (``EXTEND_TIMEOUT_USEC``, systemd 236 and later; older ones ignore it)."""
+        lines = [f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}"]
+        self.notify(*lines, *([_status(status)] if status is not None else []))
+
     def stopping(self) -> None:
         """Tell systemd the service is shutting down (``STOPPING=1``)."""
         self.notify("STOPPING=1")

@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .._proto.containerd.services.events import v1 as events_pb
 from .._proto.google.protobuf import Any as AnyPb
 from ..client import Client, ProcessState
-from ..errors import NotFound, SupervisorError, map_errors
+from ..errors import NotFound, SupervisorError, Unavailable, map_errors
 from ._decode import DecodeError, decode
 from ._h2stream import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ServerStream
 from ._h2stream import ProtocolError as H2ProtocolError
@@ -112,6 +112,9 @@ class EventPipeline:
         self._max_queued = max_queued
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        #: The level of the line that says the stream was lost (an embedder
+        #: that reports containerd's outages itself can lower it).
+        self.outage_level = logging.WARNING
         self._ledger = ExitLedger(forget_after)
         self._first_listing: list[ProcessState] | None = None
         self._known = Known()
@@ -207,11 +210,13 @@ class EventPipeline:
             if self._state is ConnectionState.CONNECTED:
                 first = False
                 self._lost_at = time.monotonic()
-                log.warning("event stream lost (%s); waiting for containerd", reason)
+                log.log(self.outage_level, "event stream lost (%s); waiting for containerd", reason)
                 self._set_state(ConnectionState.RECONNECTING)
             elif not said_waiting:
                 said_waiting = True
-                log.warning("no event stream yet (%s); waiting for containerd", reason)
+                log.log(
+                    self.outage_level, "no event stream yet (%s); waiting for containerd", reason
+                )
             await self._wait_serving()
             # A stream that fails at once while containerd serves (a reset, a
             # failing reconcile) is retried with a backoff, not in a tight loop.
@@ -394,7 +399,8 @@ class EventPipeline:
                 except NotFound:
                     execs[(cid, exec_id)] = None
         except SupervisorError as exc:
-            log.warning("reconcile failed (%s); subscribing again", exc)
+            level = self.outage_level if isinstance(exc, Unavailable) else logging.WARNING
+            log.log(level, "reconcile failed (%s); subscribing again", exc)
             tg.cancel_scope.cancel()
             return
         exits, alive = reconcile(snapshot, tasks, execs)
@@ -420,7 +426,7 @@ class EventPipeline:
             ):
                 self._known.started(cid, exec_id, pid)
         if self._state is ConnectionState.RECONNECTING:
-            log.warning(
+            log.info(
                 "event stream restored after %.1fs; %d exits reconciled",
                 time.monotonic() - self._lost_at,
                 delivered,

@@ -170,3 +170,13 @@ def test_from_env_keeps_the_environment_by_default(monkeypatch: pytest.MonkeyPat
 )
 def test_watchdog_interval(environ: dict[str, str], expected: float | None) -> None:
     assert watchdog_interval(environ) == expected
+
+
+def test_extend_timeout(listener: tuple[socket.socket, str]) -> None:
+    sock, path = listener
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": path})
+    notifier.extend_timeout(30)
+    assert _received(sock) == b"EXTEND_TIMEOUT_USEC=30000000"
+    notifier.extend_timeout(1.5, "restoring: 10 of 1000 containers")
+    expected = b"EXTEND_TIMEOUT_USEC=1500000\nSTATUS=restoring: 10 of 1000 containers"
+    assert _received(sock) == expected
