@@ -24,9 +24,13 @@ class FifoReader(ByteReceiveStream):
     and the shim closed its end.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.where = os.fspath(path)
+        self._fd = os.open(self.where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.where)
 
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
         # Wait before every read: a FIFO that never had a writer reads as EOF,
@@ -184,8 +188,8 @@ class FifoIO(ProcessIO):
         self.stderr_reader = stderr_reader
         self.terminal = terminal
         self.stdin = str(stdin_writer.path) if stdin_writer else ""
-        self.stdout = str(stdout_reader.path)
-        self.stderr = str(stderr_reader.path) if stderr_reader else ""
+        self.stdout = stdout_reader.where
+        self.stderr = stderr_reader.where if stderr_reader else ""
 
     @classmethod
     def create(
@@ -229,13 +233,13 @@ class FifoIO(ProcessIO):
         """Open the read ends of a running process's existing FIFOs again
         (their paths are in :class:`ProcessState`), e.g. after a restart of the
         program that made them. No stdin: it was closed with the old writer."""
-        out = FifoReader(Path(stdout))
+        out = FifoReader(stdout)
         try:
-            err = FifoReader(Path(stderr)) if stderr else None
+            err = FifoReader(stderr) if stderr else None
         except BaseException:
             os.close(out._fd)
             raise
-        return cls(Path(stdout).parent, None, out, err, terminal)
+        return cls(Path(os.path.dirname(stdout)), None, out, err, terminal)
 
     async def close_stdin(self) -> None:
         if self.stdin_writer is not None:

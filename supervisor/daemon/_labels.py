@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..client import ContainerInfo
 from ..net import parse_port
@@ -46,7 +48,22 @@ MANAGED_FILTER = f'labels."{MANAGED}"==true'
 
 
 def policy(labels: Mapping[str, str]) -> RestartPolicy:
-    return RestartPolicy.parse(labels.get(POLICY, "no"))
+    return _parse_policy(labels.get(POLICY, "no"))
+
+
+# Parsed once per distinct text: a restore reads 1000 containers' labels, most
+# alike. What they return is immutable.
+_parse_policy = functools.lru_cache(maxsize=256)(RestartPolicy.parse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_tuple(text: str) -> tuple[Any, ...]:
+    return tuple(json.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _path(text: str) -> Path:
+    return Path(text)
 
 
 def timestamp(text: str | None) -> float | None:
@@ -71,9 +88,9 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
         id=info.id,
         rootfs=None
         if info.image
-        else Path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
+        else _path(labels.get(ROOTFS) or spec.get("root", {}).get("path", "/")),
         image=info.image,
-        command=tuple(json.loads(labels.get(COMMAND, "[]")) or ["true"]),
+        command=_json_tuple(labels.get(COMMAND, "[]")) or ("true",),
         restart=policy(labels),
         stop_signal=int(labels.get(STOP_SIGNAL, signal.SIGTERM)),
         stop_timeout=float(labels.get(STOP_TIMEOUT, 10.0)),
@@ -83,7 +100,7 @@ def definition_from_labels(info: ContainerInfo) -> ContainerDefinition:
         if TERMINAL in labels
         else bool(spec.get("process", {}).get("terminal", False)),
         network=labels.get(NETWORK) or None,
-        ports=tuple(parse_port(p) for p in json.loads(labels.get(PORTS) or "[]")),
+        ports=tuple(parse_port(p) for p in _json_tuple(labels.get(PORTS) or "[]")),
         shim_group=labels.get(SHIM_GROUP, ""),
         source=Path("<api>"),
     )
