@@ -3,9 +3,17 @@ enters a rootfs. No containerd needed: the layout is containerd 1.6's."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from supervisor.client._bundles import clear_dead_bundle, sweep_dead_bundles
+from supervisor.client._bundles import (
+    SHIM_EXIT_WAIT,
+    _shims,
+    clear_dead_bundle,
+    sweep_dead_bundles,
+)
 
 NS = "unit-bundles-ns"
 
@@ -67,3 +75,46 @@ def test_a_half_deleted_bundle_goes_before_the_next_delete(tmp_path: Path) -> No
     root_half = bundle(root, ".i", "x")
     clear_half_deleted(state, root, NS, "i")
     assert live.exists() and not half.exists() and not root_half.exists()
+
+
+def _fake_shim(task_id: str, seconds: float) -> subprocess.Popen[bytes]:
+    """A process that /proc shows as a runc shim serving ``task_id``."""
+    code = f"import time; time.sleep({seconds})"
+    shim = subprocess.Popen(
+        ["containerd-shim-runc-v2", "-c", code, "-namespace", NS, "-id", task_id],
+        executable=sys.executable,
+    )
+    deadline = time.monotonic() + 10
+    while (NS, task_id) not in _shims():  # until it has exec'd
+        assert time.monotonic() < deadline and shim.poll() is None
+        time.sleep(0.01)
+    return shim
+
+
+def test_a_shim_that_is_exiting_is_waited_for(tmp_path: Path) -> None:
+    """The delete of a lost task stops its shim, which may still be in /proc when
+    the next Create meets the bundle: the clearing waits for it (bounded)."""
+    state = tmp_path / "state"
+    dead = bundle(state, "k", "config.json", "address")
+    shim = _fake_shim("k", 0.3)
+    try:
+        assert clear_dead_bundle(state, None, NS, "k")
+        assert shim.poll() is not None  # it was waited for, not removed under it
+        assert not dead.exists()
+    finally:
+        shim.kill()
+        shim.wait()
+
+
+def test_a_shim_that_stays_keeps_its_bundle(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    served = bundle(state, "m", "config.json", "address")
+    shim = _fake_shim("m", 30)
+    try:
+        began = time.monotonic()
+        assert not clear_dead_bundle(state, None, NS, "m")
+        assert time.monotonic() - began < SHIM_EXIT_WAIT + 2
+        assert served.exists()
+    finally:
+        shim.kill()
+        shim.wait()
