@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ class FifoReader(ByteReceiveStream):
         self.where = os.fspath(path)
         self._fd = os.open(self.where, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    @property
+    @functools.cached_property
     def path(self) -> Path:
         return Path(self.where)
 

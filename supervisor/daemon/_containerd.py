@@ -82,6 +82,7 @@ class ManagedContainerd:
         self.address = str(base / "containerd.sock")
         self.pid: int | None = None
         self._child: anyio.abc.Process | None = None
+        self._log_start = 0  # where the last started containerd's output begins
         self.restarts = 0
 
     # -- start -------------------------------------------------------------------
@@ -135,6 +136,7 @@ class ManagedContainerd:
         args = [binary, "--config", str(self.config_path)]
         # A short, local file open at (re)start: not worth a thread.
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230
+            self._log_start = out.tell()  # what this run writes comes after
             self._child = await anyio.open_process(
                 args,
                 stdin=None,
@@ -175,7 +177,7 @@ class ManagedContainerd:
                 return f"containerd was killed by {signal.Signals(-code).name} while starting"
         try:
             with open(self.log_path, "rb") as f:  # noqa: ASYNC230 (a local file, once)
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+                f.seek(max(self._log_start, os.fstat(f.fileno()).st_size - 8192))
                 tail = f.read().decode(errors="replace").splitlines()
         except OSError:
             tail = []

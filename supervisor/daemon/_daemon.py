@@ -65,8 +65,8 @@ RELIST_CONTAINERS_EVERY = 10
 SWEEP_RETRY = 5.0
 #: First syncs at once when the daemon starts.
 FIRST_SYNCS = 32
-#: While the restore goes on, systemd is asked for START_EXTEND seconds more
-#: every START_PROGRESS_EVERY seconds (the unit's TimeoutStartSec is 90 s).
+#: Until READY, systemd is asked for START_EXTEND seconds more every
+#: START_PROGRESS_EVERY seconds (the unit's TimeoutStartSec is 90 s).
 START_PROGRESS_EVERY = 10.0
 START_EXTEND = 30.0
 #: Retry of definitions that could not be applied: 1 s doubling to 30 s.
@@ -172,6 +172,7 @@ class Daemon(Keeper):
         self.problems: dict[str, str] = {}  # what `ps` and `inspect` show beside a container
         self._definitions_dirty = anyio.Event()
         self._sweeping = False  # a sweep of what pulls left is under way
+        self._start_status = "starting"  # sent with systemd's start-timeout extensions
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -219,11 +220,12 @@ class Daemon(Keeper):
         async with anyio.create_task_group() as ahead:
             ahead.start_soon(early.open_net, self.net)
             ahead.start_soon(anyio.to_thread.run_sync, _import_late)
+            ready = anyio.Event()
+            ahead.start_soon(self._extend_start, ready)
             started = time.monotonic()
             self.notifier.status("starting containerd" if config.managed else "connecting")
             address = config.containerd_address
             if address is None:
-                self.notifier.extend_timeout(CONTAINERD_START_TIMEOUT + START_EXTEND)
                 self.managed = ManagedContainerd(
                     config.state_dir / "containerd", config.containerd_binary
                 )
@@ -270,6 +272,7 @@ class Daemon(Keeper):
                     running,
                 )
                 self.notifier.ready(f"{running} containers running")
+                ready.set()
                 self.start_pumps()
                 self._sweep_soon()
                 if self.watchdog_interval is not None:
@@ -288,6 +291,17 @@ class Daemon(Keeper):
                                 stops.start_soon(self._shutdown_stop, cid)
                 tg.cancel_scope.cancel()
             ahead.cancel_scope.cancel()
+
+    async def _extend_start(self, ready: anyio.Event) -> None:
+        """Until READY, ask systemd for more time every few seconds: a restore
+        that starts every container after a reboot can take longer than the
+        unit's start timeout (a hung one is still bounded: every step is)."""
+        self.notifier.extend_timeout(CONTAINERD_START_TIMEOUT + START_EXTEND)
+        while True:
+            with anyio.move_on_after(START_PROGRESS_EVERY):
+                await ready.wait()
+                return
+            self.notifier.extend_timeout(START_EXTEND, self._start_status)
 
     async def _serve_signals(self, signals: Any) -> None:
         async for signum in signals:
@@ -452,22 +466,14 @@ class Daemon(Keeper):
         todo.reverse()
 
         total = len(todo)
-        extended = time.monotonic()
 
         async def worker() -> None:
             # 32 workers, not a task a container: at 1000 containers the
             # tasks' own cost was ~50 ms of the daemon's start.
-            nonlocal extended
             while todo:
                 cid, seen = todo.pop()
                 await self._sync_and_report(cid, first=True, seen=seen)
-                if time.monotonic() - extended > START_PROGRESS_EVERY:
-                    # Containers to start after a reboot can take longer than
-                    # systemd's start timeout: say it goes on.
-                    extended = time.monotonic()
-                    self.notifier.extend_timeout(
-                        START_EXTEND, f"restoring: {total - len(todo)} of {total} containers"
-                    )
+                self._start_status = f"restoring: {total - len(todo)} of {total} containers"
 
         async with anyio.create_task_group() as tg:
             for _ in range(min(FIRST_SYNCS, len(todo))):

@@ -114,10 +114,13 @@ RELIST_INTERVAL = 1.0
 BUSY_RETRY = 0.5
 #: Steps one sync may take before it yields (a restart is at most five).
 MAX_STEPS = 10
-#: Errors that leave a start to be retried as it is (no exit recorded).
+#: Starts that meet a dead bundle a killed containerd left are retried this
+#: many times (the client clears it) before they count as an exit 128.
+DEAD_BUNDLE_RETRIES = 3
 #: A container's output to copy: its id, its FIFOs' read ends by stream, and
 #: the event set once they hit EOF.
 _Pump = tuple[str, list[tuple[str, "FifoReader"]], anyio.Event]
+#: Errors that leave a start to be retried as it is (no exit recorded).
 _TRANSIENT = (Unavailable, TimeoutError, OSError, AlreadyExists, NotFound)
 _LIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.PAUSING)
 
@@ -163,7 +166,8 @@ class Keeper:
         self._tg: TaskGroup | None = None
         # While not None, pumps of adopted output wait here to be started (after
         # READY: at 1000 containers their tasks cost ~0.2 s of the restore).
-        self._pumps_later: list[_Pump] | None = None
+        self._pumps_later: dict[str, _Pump] | None = None
+        self._dead_bundle_retries: dict[str, int] = {}
         self._fifo_dir = str(config.fifo_dir)
 
     @property
@@ -497,6 +501,7 @@ class Keeper:
         task = self._tasks.get(cid)
         if task is not None and task.pid == state.pid:
             drained = self._drained.get(cid)
+            self._release_pump(cid)
             if drain and drained is not None:
                 with anyio.move_on_after(LOG_DRAIN_TIMEOUT):
                     await drained.wait()  # the tail of its output, before the FIFOs go
@@ -541,7 +546,7 @@ class Keeper:
             self._closing_io(current.io)  # a task that is gone
         self._tasks[cid] = Task(container, state.pid, io)
         if isinstance(io, FifoIO):
-            self._pump(cid, io)
+            self._pump(cid, io, hold=True)
         log.debug("adopted %s (pid %d, %s)", cid, state.pid, state.status.value)
 
     async def _start_step(self, container: Container) -> None:
@@ -554,7 +559,7 @@ class Keeper:
         except _TRANSIENT:
             raise
         except SupervisorError as exc:
-            if DEAD_BUNDLE_ERROR in str(exc):
+            if self._dead_bundle(cid, exc):
                 raise  # what a killed containerd left, not the container's fault: retried
             labels = (await container.refresh()).labels
             step = record_exit(
@@ -565,6 +570,21 @@ class Keeper:
             log.error("cannot start %s: %s; %s", cid, exc, step.reason)
             self.start_errors[cid] = f"{cid}: {exc}"
             self._exited(cid, step.exit_code)
+
+    def _dead_bundle(self, cid: str, exc: SupervisorError) -> bool:
+        """Whether a failed start met a bundle a killed containerd left, which
+        the client clears when it knows containerd's state dir: retried a few
+        times, not recorded as the container's exit."""
+        text = str(exc)
+        if self.client.containerd_state is None or DEAD_BUNDLE_ERROR not in text:
+            return False
+        if "file exists" not in text:
+            return False
+        tries = self._dead_bundle_retries[cid] = self._dead_bundle_retries.get(cid, 0) + 1
+        if tries > DEAD_BUNDLE_RETRIES:
+            del self._dead_bundle_retries[cid]
+            return False
+        return True
 
     async def _start_task(self, container: Container, *, stdin: bool = False) -> Task:
         """Create and start a task whose output is logged, and record the start.
@@ -587,6 +607,7 @@ class Keeper:
             self._closing_io(old.io)  # a task that went while nobody watched
         self._tasks[cid] = task
         self._pump(cid, io)
+        self._dead_bundle_retries.pop(cid, None)
         try:
             pid = await task.start()
         except _TRANSIENT:
@@ -609,14 +630,16 @@ class Keeper:
             self.scheduler.request(cid)
         return task
 
-    def _pump(self, cid: str, io: FifoIO) -> None:
-        """Copy the task's output into its JSON log until EOF (the process's end)."""
+    def _pump(self, cid: str, io: FifoIO, *, hold: bool = False) -> None:
+        """Copy the task's output into its JSON log until EOF (the process's end).
+        ``hold``: an adopted task's, which may wait for :meth:`start_pumps`."""
         assert self._tg is not None
         drained = self._drained[cid] = anyio.Event()
         readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
         pump: _Pump = (cid, [(s, r) for s, r in readers if r is not None], drained)
-        if self._pumps_later is not None:
-            self._pumps_later.append(pump)
+        self.output_listeners.setdefault(cid, set())
+        if hold and self._pumps_later is not None:
+            self._pumps_later[cid] = pump
         else:
             self._start_pump(*pump)
 
@@ -639,21 +662,29 @@ class Keeper:
         self._tg.start_soon(copy_logs, readers, journal, listeners, drained)
 
     def defer_pumps(self) -> None:
-        """Hold the copying of output that starts from here until
-        :meth:`start_pumps` (a FIFO keeps 64 KiB meanwhile)."""
+        """Hold the copying of adopted tasks' output from here until
+        :meth:`start_pumps` (a FIFO keeps 64 KiB meanwhile). Tasks this daemon
+        starts are copied at once, and a held copy starts before its task is
+        deleted."""
         if self._pumps_later is None:
-            self._pumps_later = []
+            self._pumps_later = {}
 
     def start_pumps(self) -> None:
-        """Start the copying held since :meth:`defer_pumps`. Output of a task
-        gone meanwhile is copied to its EOF all the same; a container forgotten
-        meanwhile (its FIFOs closed) has nothing left to copy."""
-        held, self._pumps_later = self._pumps_later or [], None
-        for cid, readers, drained in held:
-            if self._drained.get(cid) is drained:
-                self._start_pump(cid, readers, drained)
-            else:
-                drained.set()
+        """Start the copying held since :meth:`defer_pumps`."""
+        held, self._pumps_later = self._pumps_later or {}, None
+        for cid in held:
+            self._release_pump(cid, held)
+
+    def _release_pump(self, cid: str, held: dict[str, _Pump] | None = None) -> None:
+        """Start the held copying of ``cid``'s output, if any. A container
+        forgotten meanwhile (its FIFOs closed) has nothing left to copy."""
+        pump = (held if held is not None else self._pumps_later or {}).pop(cid, None)
+        if pump is None:
+            return
+        if self._drained.get(cid) is pump[2]:
+            self._start_pump(*pump)
+        else:
+            pump[2].set()
 
     def forget(self, cid: str) -> None:
         """Drop what the daemon holds for a container that is gone."""
@@ -663,6 +694,9 @@ class Keeper:
         self._seen.pop(cid, None)
         self._oom_pending.pop(cid, None)
         self._drained.pop(cid, None)
+        if self._pumps_later is not None:
+            self._pumps_later.pop(cid, None)  # its FIFOs are closed below
+        self._dead_bundle_retries.pop(cid, None)
         self.start_errors.pop(cid, None)
         self._doomed.discard(cid)
         self.scheduler.forget(cid)

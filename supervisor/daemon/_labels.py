@@ -58,7 +58,7 @@ _parse_policy = functools.lru_cache(maxsize=256)(RestartPolicy.parse)
 
 @functools.lru_cache(maxsize=1024)
 def _json_tuple(text: str) -> tuple[Any, ...]:
-    return tuple(json.loads(text))
+    return tuple(json.loads(text) or ())
 
 
 @functools.lru_cache(maxsize=256)

@@ -210,7 +210,12 @@ class EventPipeline:
             if self._state is ConnectionState.CONNECTED:
                 first = False
                 self._lost_at = time.monotonic()
-                log.log(self.outage_level, "event stream lost (%s); waiting for containerd", reason)
+                # outage_level is for containerd's own absence; a stream lost while
+                # containerd serves (a reset, no keepalive answer) is a warning.
+                level = logging.WARNING
+                if self.outage_level != logging.WARNING and not await self.client.is_serving():
+                    level = self.outage_level
+                log.log(level, "event stream lost (%s); waiting for containerd", reason)
                 self._set_state(ConnectionState.RECONNECTING)
             elif not said_waiting:
                 said_waiting = True
