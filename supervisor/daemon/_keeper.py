@@ -672,7 +672,7 @@ class Keeper:
     def start_pumps(self) -> None:
         """Start the copying held since :meth:`defer_pumps`."""
         held, self._pumps_later = self._pumps_later or {}, None
-        for cid in held:
+        for cid in list(held):
             self._release_pump(cid, held)
 
     def _release_pump(self, cid: str, held: dict[str, _Pump] | None = None) -> None:
