@@ -38,7 +38,6 @@ from ..client import (
     Task,
     TaskStatus,
 )
-from ..client._bundles import DEAD_BUNDLE_ERROR
 from ..errors import (
     AlreadyExists,
     ContainerdError,
@@ -114,9 +113,11 @@ RELIST_INTERVAL = 1.0
 BUSY_RETRY = 0.5
 #: Steps one sync may take before it yields (a restart is at most five).
 MAX_STEPS = 10
-#: Starts that meet a dead bundle a killed containerd left are retried this
-#: many times (the client clears it) before they count as an exit 128.
+#: Starts that fail in the shim's start (a bundle a killed containerd left)
+#: are retried this many times before they count as an exit 128.
 DEAD_BUNDLE_RETRIES = 3
+#: How containerd says its shim could not be started for a task.
+SHIM_START_ERROR = "failed to start shim: "
 #: A container's output to copy: its id, its FIFOs' read ends by stream, and
 #: the event set once they hit EOF.
 _Pump = tuple[str, list[tuple[str, "FifoReader"]], anyio.Event]
@@ -572,13 +573,12 @@ class Keeper:
             self._exited(cid, step.exit_code)
 
     def _dead_bundle(self, cid: str, exc: SupervisorError) -> bool:
-        """Whether a failed start met a bundle a killed containerd left, which
-        the client clears when it knows containerd's state dir: retried a few
-        times, not recorded as the container's exit."""
-        text = str(exc)
-        if self.client.containerd_state is None or DEAD_BUNDLE_ERROR not in text:
-            return False
-        if "file exists" not in text:
+        """Whether a failed start is one of the shim's, not the container's:
+        a bundle a killed containerd left (which the client clears when it
+        knows containerd's state dir), a bundle removed under a starting shim
+        ("getwd: no such file or directory"). Retried a few times, then
+        recorded as the container's exit (128) like any failed start."""
+        if SHIM_START_ERROR not in str(exc):
             return False
         tries = self._dead_bundle_retries[cid] = self._dead_bundle_retries.get(cid, 0) + 1
         if tries > DEAD_BUNDLE_RETRIES:
