@@ -29,7 +29,13 @@ from pathlib import Path
 
 log = logging.getLogger("supervisor.client")
 
-__all__ = ("DEAD_BUNDLE_ERROR", "clear_dead_bundle", "clear_half_deleted", "sweep_dead_bundles")
+__all__ = (
+    "DEAD_BUNDLE_ERROR",
+    "clear_dead_bundle",
+    "clear_half_deleted",
+    "sweep_dead_bundles",
+    "wait_task_gone",
+)
 
 #: How containerd 1.6 says a dead bundle blocks a Create.
 DEAD_BUNDLE_ERROR = "failed to start shim: mkdir"
@@ -39,6 +45,8 @@ _SHIM = b"containerd-shim"
 RUNC_ROOT = Path("/run/containerd/runc")
 #: How long a dead bundle's clearing waits for a shim that serves its id to exit.
 SHIM_EXIT_WAIT = 1.0
+#: How long the create after a lost task's delete waits for containerd's clean-up.
+TASK_GONE_WAIT = 2.0
 
 
 def _scan() -> list[tuple[int, str, str]]:
@@ -161,6 +169,28 @@ def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: s
             if hidden.is_dir() and not hidden.is_symlink():
                 removed |= _remove(hidden)
     return removed
+
+
+def wait_task_gone(state: Path | None, namespace: str, task_id: str) -> bool:
+    """After the delete of a task containerd lost: wait (at most
+    :data:`TASK_GONE_WAIT`) until its shim has exited and, when ``state`` (the
+    state dir) is known, its bundle is gone. containerd cleans up after a shim
+    that went away in the background, and that clean-up removes whatever bundle
+    is at the task's path then: a Create of the same id made meanwhile fails
+    ("mkdir ...: file exists", or the new shim's "getwd: no such file or
+    directory"). Whether it is gone."""
+    names = (task_id, f".{task_id}")
+    bundles = [] if state is None else [state / _TASKS / namespace / n for n in names]
+    deadline = time.monotonic() + TASK_GONE_WAIT
+    seen = False  # a shim of the id: its clean-up (a `shim delete` run too) is to come
+    while True:
+        live = any((ns, tid) == (namespace, task_id) for _, ns, tid in _scan())
+        seen = seen or live
+        if not live and not (seen and any(os.path.lexists(b) for b in bundles)):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def clear_half_deleted(state: Path, root: Path | None, namespace: str, task_id: str) -> None:

@@ -30,7 +30,7 @@ from ..errors import (
     map_errors,
 )
 from . import _wire
-from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted
+from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted, wait_task_gone
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._listing import RawReply, decode_container, decode_containers, decode_metrics, decode_tasks
@@ -579,6 +579,10 @@ class Container:
             return False  # a task containerd shows: the caller decides about it
         log.info("container %s: clearing a task containerd lost (it died mid-create)", self.id)
         await self._delete_lost_task()
+        state = self.client.containerd_state
+        await anyio.to_thread.run_sync(
+            wait_task_gone, Path(state[0]) if state else None, self.client.namespace, self.id
+        )
         return True
 
     async def _task_known(self) -> bool:

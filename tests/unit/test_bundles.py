@@ -3,16 +3,20 @@ enters a rootfs. No containerd needed: the layout is containerd 1.6's."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from supervisor.client._bundles import (
     SHIM_EXIT_WAIT,
+    TASK_GONE_WAIT,
     _shims,
     clear_dead_bundle,
     sweep_dead_bundles,
+    wait_task_gone,
 )
 
 NS = "unit-bundles-ns"
@@ -118,3 +122,33 @@ def test_a_shim_that_stays_keeps_its_bundle(tmp_path: Path) -> None:
     finally:
         shim.kill()
         shim.wait()
+
+
+def test_the_create_after_a_lost_tasks_delete_waits_for_containerds_clean_up(
+    tmp_path: Path,
+) -> None:
+    """containerd removes a gone shim's bundle in the background: what is at the
+    path then goes, a new task's bundle included. The wait covers the shim's
+    exit and then the bundle's removal."""
+    state = tmp_path / "state"
+    old = bundle(state, "n", "config.json", "address")
+    shim = _fake_shim("n", 0.2)
+    cleanup = threading.Timer(0.4, lambda: shutil.rmtree(old))
+    cleanup.start()
+    try:
+        began = time.monotonic()
+        assert wait_task_gone(state, NS, "n")
+        assert time.monotonic() - began >= 0.35 and not old.exists()
+    finally:
+        cleanup.cancel()
+        shim.kill()
+        shim.wait()
+
+
+def test_no_shim_means_no_clean_up_to_wait_for(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    bundle(state, "p", "config.json")  # dead: only clearing it helps
+    began = time.monotonic()
+    assert wait_task_gone(state, NS, "p")
+    assert wait_task_gone(None, NS, "q")
+    assert time.monotonic() - began < TASK_GONE_WAIT
