@@ -32,6 +32,7 @@ log = logging.getLogger("supervisor.client")
 __all__ = (
     "DEAD_BUNDLE_ERROR",
     "clear_dead_bundle",
+    "clear_for_create",
     "clear_half_deleted",
     "sweep_dead_bundles",
     "wait_task_gone",
@@ -191,6 +192,16 @@ def wait_task_gone(state: Path | None, namespace: str, task_id: str) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def clear_for_create(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:
+    """A Create of ``task_id`` failed with :data:`DEAD_BUNDLE_ERROR`: let a
+    clean-up containerd has under way finish (:func:`wait_task_gone`), then
+    remove what is still dead. Whether a Create may be tried again (no bundle
+    is left at the task's path)."""
+    wait_task_gone(state, namespace, task_id)
+    removed = clear_dead_bundle(state, root, namespace, task_id)
+    return removed or not os.path.lexists(state / _TASKS / namespace / task_id)
 
 
 def clear_half_deleted(state: Path, root: Path | None, namespace: str, task_id: str) -> None:

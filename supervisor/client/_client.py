@@ -30,7 +30,7 @@ from ..errors import (
     map_errors,
 )
 from . import _wire
-from ._bundles import DEAD_BUNDLE_ERROR, clear_dead_bundle, clear_half_deleted, wait_task_gone
+from ._bundles import DEAD_BUNDLE_ERROR, clear_for_create, clear_half_deleted, wait_task_gone
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._listing import RawReply, decode_container, decode_containers, decode_metrics, decode_tasks
@@ -620,7 +620,7 @@ class Container:
         if await self._task_known():
             return False  # containerd serves a task for it: not a dead bundle
         return await anyio.to_thread.run_sync(
-            clear_dead_bundle, Path(state[0]), Path(state[1]), self.client.namespace, self.id
+            clear_for_create, Path(state[0]), Path(state[1]), self.client.namespace, self.id
         )
 
     async def _discard_task(self) -> None:

@@ -576,9 +576,13 @@ class Keeper:
         """Whether a failed start is one of the shim's, not the container's:
         a bundle a killed containerd left (which the client clears when it
         knows containerd's state dir), a bundle removed under a starting shim
-        ("getwd: no such file or directory"). Retried a few times, then
+        ("getwd: no such file or directory") or under runc (its log.json gone,
+        by containerd's clean-up after an earlier shim). Retried a few times, then
         recorded as the container's exit (128) like any failed start."""
-        if SHIM_START_ERROR not in str(exc):
+        text = str(exc)
+        # runc's own log in the bundle gone: the bundle was removed under it.
+        removed = "unable to retrieve OCI runtime error" in text and "log.json: no such" in text
+        if SHIM_START_ERROR not in text and not removed:
             return False
         tries = self._dead_bundle_retries[cid] = self._dead_bundle_retries.get(cid, 0) + 1
         if tries > DEAD_BUNDLE_RETRIES:

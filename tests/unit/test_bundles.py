@@ -15,6 +15,7 @@ from supervisor.client._bundles import (
     TASK_GONE_WAIT,
     _shims,
     clear_dead_bundle,
+    clear_for_create,
     sweep_dead_bundles,
     wait_task_gone,
 )
@@ -152,3 +153,18 @@ def test_no_shim_means_no_clean_up_to_wait_for(tmp_path: Path) -> None:
     assert wait_task_gone(state, NS, "p")
     assert wait_task_gone(None, NS, "q")
     assert time.monotonic() - began < TASK_GONE_WAIT
+
+
+def test_clear_for_create(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    dead = bundle(state, "r", "config.json")
+    assert clear_for_create(state, None, NS, "r") and not dead.exists()
+    assert clear_for_create(state, None, NS, "r")  # nothing left to block a create
+    served = bundle(state, "s", "config.json", "address")
+    shim = _fake_shim("s", 30)
+    try:
+        assert not clear_for_create(state, None, NS, "s")
+        assert served.exists()
+    finally:
+        shim.kill()
+        shim.wait()

@@ -26,3 +26,13 @@ def test_the_containers_own_failure_is_not_retried(tmp_path: Path) -> None:
         'failed to create shim task: OCI runtime create failed: exec: "nosuch": not found'
     )
     assert not keeper._dead_bundle("c", own)
+
+
+def test_a_bundle_removed_under_runc_is_retried(tmp_path: Path) -> None:
+    keeper = Keeper(DaemonConfig(state_dir=tmp_path))
+    gone = ContainerdError(
+        "failed to create shim task: OCI runtime create failed: unable to retrieve OCI "
+        "runtime error (open /s/io.containerd.runtime.v2.task/ns/c/log.json: no such file or "
+        "directory): runc did not terminate successfully: exit status 1: unknown"
+    )
+    assert keeper._dead_bundle("c", gone)
