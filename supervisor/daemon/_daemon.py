@@ -664,7 +664,10 @@ class Daemon(Keeper):
                         return
                 await anyio.sleep(SWEEP_RETRY)
         except EXPECTED as exc:
-            log.warning("what pulls left is not swept yet (%s); next time containerd returns", exc)
+            # containerd away is reported where it is seen; another failure is news.
+            level = logging.INFO if isinstance(exc, Unavailable) else logging.WARNING
+            log.log(level, "what pulls left is not swept yet (%s); next time containerd returns",
+                    exc)  # fmt: skip
         finally:
             self._sweeping = False
 

@@ -185,7 +185,7 @@ def dead_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[li
     # The parser is built once, not for every call (it takes as long as a call):
     # parsing leaves no state in it.
     parser = cli._parser()
-    monkeypatch.setattr(cli, "_parser", lambda: parser)
+    monkeypatch.setattr(cli, "_parser", lambda only=None: parser)
     bound = socket.socket(socket.AF_UNIX)
     bound.bind(str(tmp_path / "bound.sock"))  # never listen(): connecting is refused
     (tmp_path / "file.sock").write_text("")
