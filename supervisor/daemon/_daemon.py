@@ -53,6 +53,7 @@ from ._notify import Notifier, watchdog_interval
 from ._output import Listener, publish
 from ._scheduler import EXPECTED
 from ._sockdir import prepare_socket_dir
+from ._view import TouchingLock
 
 _T = TypeVar("_T")
 log = logging.getLogger("supervisor.daemon")
@@ -466,6 +467,8 @@ class Daemon(Keeper):
         todo.reverse()
 
         total = len(todo)
+        view = self.view
+        self.as_listed.clear()
 
         async def worker() -> None:
             # 32 workers, not a task a container: at 1000 containers the
@@ -474,10 +477,20 @@ class Daemon(Keeper):
                 cid, seen = todo.pop()
                 await self._sync_and_report(cid, first=True, seen=seen)
                 self._start_status = f"restoring: {total - len(todo)} of {total} containers"
+                # The first `ps` answers from the listings for what the sync
+                # found as listed, if nothing touched it since this daemon
+                # started (no event, no operation) but that sync's own lock.
+                if (
+                    seen is not None
+                    and cid in self.as_listed
+                    and view.touches(cid) == TouchingLock.TOUCHES
+                ):
+                    view.store(cid, view.generation(cid), *seen)
 
         async with anyio.create_task_group() as tg:
             for _ in range(min(FIRST_SYNCS, len(todo))):
                 tg.start_soon(worker)
+        self.as_listed.clear()
 
     async def _converge_definitions(
         self, *, sync: bool = True, listed: dict[str, ContainerInfo] | None = None

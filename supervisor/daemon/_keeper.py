@@ -169,6 +169,8 @@ class Keeper:
         # READY: at 1000 containers their tasks cost ~0.2 s of the restore).
         self._pumps_later: dict[str, _Pump] | None = None
         self._dead_bundle_retries: dict[str, int] = {}
+        # Containers whose sync found them as a listing showed them (nothing done).
+        self.as_listed: set[str] = set()
         self._fifo_dir = str(config.fifo_dir)
 
     @property
@@ -424,6 +426,7 @@ class Keeper:
                     self._seen[cid] = fingerprint(state)
                     if step.act is Act.ADOPT and state is not None:
                         await self._ensure_pumped(Container(self.client, info), state)
+                    self.as_listed.add(cid)
                     return step.at if step.act is Act.WAIT else None
             return await self._sync_locked(cid, first=first)
 

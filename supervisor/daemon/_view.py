@@ -45,12 +45,19 @@ class View:
         # same id never finds a number it had before.
         self._counter = 0
         self._generations: dict[str, int] = {}
+        self._touches: dict[str, int] = {}
         self.entries: dict[str, Entry] = {}
 
     def touch(self, cid: str) -> None:
         """What containerd says about ``cid`` may have changed, or may change now."""
         self._counter += 1
         self._generations[cid] = self._counter
+        self._touches[cid] = self._touches.get(cid, 0) + 1
+
+    def touches(self, cid: str) -> int:
+        """How often ``cid`` was touched: a read made when this was N is still
+        what containerd says if nothing but the reader's own touches came since."""
+        return self._touches.get(cid, 0)
 
     def touch_all(self) -> None:
         for cid in list(self._generations.keys() | self.entries.keys()):
@@ -59,6 +66,7 @@ class View:
     def forget(self, cid: str) -> None:
         """The container is gone; an id used again starts afresh."""
         self._generations.pop(cid, None)
+        self._touches.pop(cid, None)
         self.entries.pop(cid, None)
 
     def generation(self, cid: str) -> int:
@@ -84,6 +92,9 @@ class TouchingLock:
     made meanwhile is kept as fresh."""
 
     __slots__ = ("_cid", "_lock", "_view")
+
+    #: Touches of one use: on entry and on exit.
+    TOUCHES = 2
 
     def __init__(self, view: View, cid: str) -> None:
         self._view = view

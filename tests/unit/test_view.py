@@ -96,3 +96,19 @@ async def test_the_lock_does_not_bring_back_a_container_forgotten_under_it() -> 
         view.forget("a")
     assert view.generation("a") == 0
     assert view.entries == {}
+
+
+async def test_touches_count_what_may_have_changed_since_a_listing() -> None:
+    """The restore keeps a listing's read of a container only when nothing but
+    its own sync's lock touched it since the daemon started."""
+    view = View()
+    assert view.touches("a") == 0
+    async with TouchingLock(view, "a"):
+        pass
+    assert view.touches("a") == TouchingLock.TOUCHES  # the sync alone: keep the listing
+    view.touch("b")  # an event for b
+    async with TouchingLock(view, "b"):
+        pass
+    assert view.touches("b") == TouchingLock.TOUCHES + 1  # read b again
+    view.forget("a")
+    assert view.touches("a") == 0
