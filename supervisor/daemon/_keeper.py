@@ -118,6 +118,8 @@ MAX_STEPS = 10
 DEAD_BUNDLE_RETRIES = 3
 #: How containerd says its shim could not be started for a task.
 SHIM_START_ERROR = "failed to start shim: "
+#: Held copies of output started between two looks at the event loop.
+PUMPS_AT_ONCE = 64
 #: A container's output to copy: its id, its FIFOs' read ends by stream, and
 #: the event set once they hit EOF.
 _Pump = tuple[str, list[tuple[str, "FifoReader"]], anyio.Event]
@@ -677,10 +679,20 @@ class Keeper:
             self._pumps_later = {}
 
     def start_pumps(self) -> None:
-        """Start the copying held since :meth:`defer_pumps`."""
-        held, self._pumps_later = self._pumps_later or {}, None
-        for cid in list(held):
-            self._release_pump(cid, held)
+        """Start the copying held since :meth:`defer_pumps`, in a task that lets
+        other work (a `ps`, an event) in between every few (1000 take ~0.2 s)."""
+        assert self._tg is not None
+        self._tg.start_soon(self._start_held_pumps)
+
+    async def _start_held_pumps(self) -> None:
+        held = self._pumps_later
+        started = 0
+        while held:
+            self._release_pump(next(iter(held)), held)
+            started += 1
+            if started % PUMPS_AT_ONCE == 0:
+                await anyio.lowlevel.checkpoint()
+        self._pumps_later = None
 
     def _release_pump(self, cid: str, held: dict[str, _Pump] | None = None) -> None:
         """Start the held copying of ``cid``'s output, if any. A container
