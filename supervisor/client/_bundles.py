@@ -44,8 +44,6 @@ _TASKS = "io.containerd.runtime.v2.task"
 _SHIM = b"containerd-shim"
 #: Where the runc v2 shim keeps runc's state, one directory per namespace.
 RUNC_ROOT = Path("/run/containerd/runc")
-#: How long a dead bundle's clearing waits for a shim that serves its id to exit.
-SHIM_EXIT_WAIT = 1.0
 #: How long the create after a lost task's delete waits for containerd's clean-up.
 TASK_GONE_WAIT = 2.0
 
@@ -146,17 +144,7 @@ def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: s
     containerd's ``state`` (and ``root``) directories, while containerd runs:
     call it only when containerd does not know the task and a Create of that
     id failed with :data:`DEAD_BUNDLE_ERROR`. Whether anything was removed."""
-    found = _scan()
-    # The shim of a lost task that was just deleted may still be exiting: watch
-    # those pids alone (a scan of /proc costs ~10 ms at 1000 containers).
-    ours = [pid for pid, ns, tid in found if (ns, tid) == (namespace, task_id)]
-    deadline = time.monotonic() + SHIM_EXIT_WAIT
-    while ours and time.monotonic() < deadline:
-        time.sleep(0.05)
-        ours = [pid for pid in ours if _cmdline(str(pid))]
-    shims = {(ns, tid) for _, ns, tid in found if (ns, tid) != (namespace, task_id)}
-    if ours:
-        shims.add((namespace, task_id))
+    shims = _shims()
     removed = False
     for name in (task_id, f".{task_id}"):
         bundle = state / _TASKS / namespace / name

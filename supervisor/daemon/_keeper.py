@@ -115,7 +115,7 @@ BUSY_RETRY = 0.5
 MAX_STEPS = 10
 #: Starts that fail in the shim's start (a bundle a killed containerd left)
 #: are retried this many times before they count as an exit 128.
-DEAD_BUNDLE_RETRIES = 3
+SHIM_START_RETRIES = 3
 #: How containerd says its shim could not be started for a task.
 SHIM_START_ERROR = "failed to start shim: "
 #: Held copies of output started between two looks at the event loop.
@@ -170,7 +170,7 @@ class Keeper:
         # While not None, pumps of adopted output wait here to be started (after
         # READY: at 1000 containers their tasks cost ~0.2 s of the restore).
         self._pumps_later: dict[str, _Pump] | None = None
-        self._dead_bundle_retries: dict[str, int] = {}
+        self._shim_retries: dict[str, int] = {}
         # Containers whose sync found them as a listing showed them (nothing done).
         self.as_listed: set[str] = set()
         self._fifo_dir = str(config.fifo_dir)
@@ -565,7 +565,7 @@ class Keeper:
         except _TRANSIENT:
             raise
         except SupervisorError as exc:
-            if self._dead_bundle(cid, exc):
+            if self._shim_failed(cid, exc):
                 raise  # what a killed containerd left, not the container's fault: retried
             labels = (await container.refresh()).labels
             step = record_exit(
@@ -577,7 +577,7 @@ class Keeper:
             self.start_errors[cid] = f"{cid}: {exc}"
             self._exited(cid, step.exit_code)
 
-    def _dead_bundle(self, cid: str, exc: SupervisorError) -> bool:
+    def _shim_failed(self, cid: str, exc: SupervisorError) -> bool:
         """Whether a failed start is one of the shim's, not the container's:
         a bundle a killed containerd left (which the client clears when it
         knows containerd's state dir), a bundle removed under a starting shim
@@ -589,9 +589,9 @@ class Keeper:
         removed = "unable to retrieve OCI runtime error" in text and "log.json: no such" in text
         if SHIM_START_ERROR not in text and not removed:
             return False
-        tries = self._dead_bundle_retries[cid] = self._dead_bundle_retries.get(cid, 0) + 1
-        if tries > DEAD_BUNDLE_RETRIES:
-            del self._dead_bundle_retries[cid]
+        tries = self._shim_retries[cid] = self._shim_retries.get(cid, 0) + 1
+        if tries > SHIM_START_RETRIES:
+            del self._shim_retries[cid]
             return False
         return True
 
@@ -616,7 +616,7 @@ class Keeper:
             self._closing_io(old.io)  # a task that went while nobody watched
         self._tasks[cid] = task
         self._pump(cid, io)
-        self._dead_bundle_retries.pop(cid, None)
+        self._shim_retries.pop(cid, None)
         try:
             pid = await task.start()
         except _TRANSIENT:
@@ -644,8 +644,8 @@ class Keeper:
         ``hold``: an adopted task's, which may wait for :meth:`start_pumps`."""
         assert self._tg is not None
         drained = self._drained[cid] = anyio.Event()
-        readers = [(s, r) for s, r in (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))]
-        pump: _Pump = (cid, [(s, r) for s, r in readers if r is not None], drained)
+        streams = (("stdout", io.stdout_reader), ("stderr", io.stderr_reader))
+        pump: _Pump = (cid, [(s, r) for s, r in streams if r is not None], drained)
         self.output_listeners.setdefault(cid, set())
         if hold and self._pumps_later is not None:
             self._pumps_later[cid] = pump
@@ -685,19 +685,18 @@ class Keeper:
         self._tg.start_soon(self._start_held_pumps)
 
     async def _start_held_pumps(self) -> None:
-        held = self._pumps_later
         started = 0
-        while held:
-            self._release_pump(next(iter(held)), held)
+        while self._pumps_later:
+            self._release_pump(next(iter(self._pumps_later)))
             started += 1
             if started % PUMPS_AT_ONCE == 0:
                 await anyio.lowlevel.checkpoint()
         self._pumps_later = None
 
-    def _release_pump(self, cid: str, held: dict[str, _Pump] | None = None) -> None:
+    def _release_pump(self, cid: str) -> None:
         """Start the held copying of ``cid``'s output, if any. A container
         forgotten meanwhile (its FIFOs closed) has nothing left to copy."""
-        pump = (held if held is not None else self._pumps_later or {}).pop(cid, None)
+        pump = self._pumps_later.pop(cid, None) if self._pumps_later else None
         if pump is None:
             return
         if self._drained.get(cid) is pump[2]:
@@ -715,7 +714,7 @@ class Keeper:
         self._drained.pop(cid, None)
         if self._pumps_later is not None:
             self._pumps_later.pop(cid, None)  # its FIFOs are closed below
-        self._dead_bundle_retries.pop(cid, None)
+        self._shim_retries.pop(cid, None)
         self.start_errors.pop(cid, None)
         self._doomed.discard(cid)
         self.scheduler.forget(cid)

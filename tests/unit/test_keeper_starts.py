@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from supervisor.daemon._config import DaemonConfig
-from supervisor.daemon._keeper import DEAD_BUNDLE_RETRIES, Keeper
+from supervisor.daemon._keeper import SHIM_START_RETRIES, Keeper
 from supervisor.errors import ContainerdError
 
 
@@ -14,10 +14,10 @@ def test_a_shim_that_could_not_start_is_retried_then_counted(tmp_path: Path) -> 
     keeper = Keeper(DaemonConfig(state_dir=tmp_path))
     dead = ContainerdError("failed to start shim: mkdir /x/c: file exists")
     gone = ContainerdError("failed to start shim: start failed: getwd: no such file or directory")
-    tries = [keeper._dead_bundle("c", dead) for _ in range(DEAD_BUNDLE_RETRIES + 1)]
-    assert tries == [True] * DEAD_BUNDLE_RETRIES + [False]
-    assert keeper._dead_bundle("c", gone)  # counted afresh after an exit was recorded
-    assert keeper._dead_bundle("other", dead)  # per container
+    tries = [keeper._shim_failed("c", dead) for _ in range(SHIM_START_RETRIES + 1)]
+    assert tries == [True] * SHIM_START_RETRIES + [False]
+    assert keeper._shim_failed("c", gone)  # counted afresh after an exit was recorded
+    assert keeper._shim_failed("other", dead)  # per container
 
 
 def test_the_containers_own_failure_is_not_retried(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_the_containers_own_failure_is_not_retried(tmp_path: Path) -> None:
     own = ContainerdError(
         'failed to create shim task: OCI runtime create failed: exec: "nosuch": not found'
     )
-    assert not keeper._dead_bundle("c", own)
+    assert not keeper._shim_failed("c", own)
 
 
 def test_a_bundle_removed_under_runc_is_retried(tmp_path: Path) -> None:
@@ -35,4 +35,4 @@ def test_a_bundle_removed_under_runc_is_retried(tmp_path: Path) -> None:
         "runtime error (open /s/io.containerd.runtime.v2.task/ns/c/log.json: no such file or "
         "directory): runc did not terminate successfully: exit status 1: unknown"
     )
-    assert keeper._dead_bundle("c", gone)
+    assert keeper._shim_failed("c", gone)
