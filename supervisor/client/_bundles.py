@@ -9,11 +9,18 @@ containerd SIGKILLed while tasks were created and deleted:
   fails on it at every start, and every later Create of that id fails with
   "failed to start shim: mkdir ...: file exists";
 - ``.<id>``, the first half of a bundle's delete (a rename): the next delete of
-  that id leaves its bundle behind, which then blocks Create as above.
+  that id leaves its bundle behind, which then blocks Create as above;
+- a shim whose bundle (its working directory) was deleted or renamed to
+  ``.<id>`` while it lived: containerd never loads a ``.<id>`` bundle, yet the
+  shim keeps its socket, and the next Create of that id connects to it (the
+  runc shim reuses a socket that answers) and fails; the bundle it leaves then
+  counts as served by a live shim, so nothing ever clears it. Such a shim
+  serves no process (no children) and no containerd reaches it: it is
+  killed (:func:`stop_stray_shims`).
 
-A bundle is only removed when no shim process serves its id, and never
-through its ``rootfs`` (it is rmdir'ed: a mounted or non-empty rootfs keeps
-the whole bundle) or any symlink.
+A bundle is only removed when no shim process serves its id (or only a stray
+one, killed first), and never through its ``rootfs`` (it is rmdir'ed: a
+mounted or non-empty rootfs keeps the whole bundle) or any symlink.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +42,8 @@ __all__ = (
     "clear_dead_bundle",
     "clear_for_create",
     "clear_half_deleted",
+    "half_deleted",
+    "stop_stray_shims",
     "sweep_dead_bundles",
     "wait_task_gone",
 )
@@ -46,6 +56,8 @@ _SHIM = b"containerd-shim"
 RUNC_ROOT = Path("/run/containerd/runc")
 #: How long the create after a lost task's delete waits for containerd's clean-up.
 TASK_GONE_WAIT = 2.0
+#: How long a killed stray shim may take to leave /proc.
+STRAY_EXIT_WAIT = 2.0
 
 
 def _scan() -> list[tuple[int, str, str]]:
@@ -85,12 +97,122 @@ def _shims() -> set[tuple[str, str]]:
     return {(namespace, task_id) for _, namespace, task_id in _scan()}
 
 
+def _cwd(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def _has_children(pid: int) -> bool:
+    """Whether ``pid`` has a child process that is not a zombie (or it cannot
+    tell)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False  # gone
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                children = f.read().split()
+        except FileNotFoundError:
+            continue  # the thread ended
+        except OSError:
+            return True
+        for child in children:
+            try:
+                with open(f"/proc/{child.decode()}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # reaped
+            if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z":
+                return True
+    return False
+
+
+def _strays(state: Path, namespace: str | None, task_id: str | None) -> list[tuple[int, str, str]]:
+    """(pid, namespace, id) of each shim started in a bundle of ``state`` that
+    is no longer that id's bundle: deleted, or renamed to ``.<id>``. Only
+    ``namespace``/``task_id`` when given."""
+    tasks = os.fspath(state / _TASKS) + "/"
+    found = []
+    for pid, ns, tid in _scan():
+        if (namespace is not None and ns != namespace) or (task_id is not None and tid != task_id):
+            continue
+        cwd = _cwd(pid)
+        if cwd is None or not cwd.startswith(tasks) or cwd == f"{tasks}{ns}/{tid}":
+            continue  # not one of this containerd's, or in its bundle
+        found.append((pid, ns, tid))
+    return found
+
+
+def stop_stray_shims(
+    state: Path,
+    namespace: str | None = None,
+    task_id: str | None = None,
+    *,
+    task_unknown: bool = False,
+) -> int:
+    """Kill (SIGKILL, by pid) each shim of containerd's ``state`` dir whose
+    bundle is gone and that serves no process (see the module docstring), and
+    wait (at most :data:`STRAY_EXIT_WAIT`) until they have left /proc. How
+    many were killed.
+
+    A stray shim still answers on its socket, and a later Create of its id
+    may have connected to it: while the id has a bundle with an ``address``,
+    its shim is left, unless ``task_unknown`` (the caller knows containerd
+    does not serve a task of that id). A shim with child processes is never
+    killed: that would orphan them."""
+    killed: list[int] = []
+    for pid, ns, tid in _strays(state, namespace, task_id):
+        current = state / _TASKS / ns / tid
+        if not task_unknown and os.path.lexists(current / "address"):
+            continue  # containerd may reach it through the id's bundle
+        if _has_children(pid):
+            log.warning("shim %d of %s/%s lost its bundle but has processes; leaving it",
+                        pid, ns, tid)  # fmt: skip
+            continue
+        log.info("stopping shim %d of %s/%s: its bundle is gone, no containerd reaches it",
+                 pid, ns, tid)  # fmt: skip
+        if _kill_stray(pid, os.fspath(current)):
+            killed.append(pid)
+    deadline = time.monotonic() + STRAY_EXIT_WAIT
+    while any(_cmdline(str(pid)) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(0.01)  # a zombie has no cmdline: gone as far as this is concerned
+    return len(killed)
+
+
+def _kill_stray(pid: int, bundle: str) -> bool:
+    """SIGKILL ``pid`` if it still runs outside ``bundle``, checked once the
+    process is pinned (a pidfd: its pid cannot be reused before the signal)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False  # gone
+    try:
+        cwd = _cwd(pid)
+        if not _cmdline(str(pid)) or cwd is None or cwd == bundle:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _held(bundle: Path) -> bool:
+    """Whether a live shim has ``bundle`` as its working directory."""
+    where = os.fspath(bundle)
+    return any(_cwd(pid) == where for pid, _, _ in _scan())
+
+
 def _dead(bundle: Path, namespace: str, shims: set[tuple[str, str]], *, strict: bool) -> bool:
     """Whether ``bundle`` (in the state dir) is one containerd will never clear.
     ``strict``: containerd is down and will look at it on start, so only a
     bundle runc never touched (no ``runtime`` file) counts."""
     if bundle.name.startswith("."):
-        return True
+        return not _held(bundle)
     if (namespace, bundle.name) in shims:
         return False
     if not (bundle / "address").exists():
@@ -160,18 +282,21 @@ def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: s
     return removed
 
 
-def wait_task_gone(state: Path | None, namespace: str, task_id: str) -> bool:
+def wait_task_gone(
+    state: Path | None, namespace: str, task_id: str, *, shim_seen: bool = False
+) -> bool:
     """After the delete of a task containerd lost: wait (at most
     :data:`TASK_GONE_WAIT`) until its shim has exited and, when ``state`` (the
     state dir) is known, its bundle is gone. containerd cleans up after a shim
     that went away in the background, and that clean-up removes whatever bundle
     is at the task's path then: a Create of the same id made meanwhile fails
     ("mkdir ...: file exists", or the new shim's "getwd: no such file or
-    directory"). Whether it is gone."""
+    directory"). ``shim_seen``: a shim of the id was there (and was killed), so
+    containerd's clean-up of its bundle may be to come. Whether it is gone."""
     names = (task_id, f".{task_id}")
     bundles = [] if state is None else [state / _TASKS / namespace / n for n in names]
     deadline = time.monotonic() + TASK_GONE_WAIT
-    seen = False  # a shim of the id: its clean-up (a `shim delete` run too) is to come
+    seen = shim_seen  # a shim of the id: its clean-up (a `shim delete` run too) is to come
     while True:
         live = any((ns, tid) == (namespace, task_id) for _, ns, tid in _scan())
         seen = seen or live
@@ -183,30 +308,46 @@ def wait_task_gone(state: Path | None, namespace: str, task_id: str) -> bool:
 
 
 def clear_for_create(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:
-    """A Create of ``task_id`` failed with :data:`DEAD_BUNDLE_ERROR`: let a
-    clean-up containerd has under way finish (:func:`wait_task_gone`), then
-    remove what is still dead. Whether a Create may be tried again (no bundle
+    """A Create of ``task_id`` failed with :data:`DEAD_BUNDLE_ERROR`: stop a
+    stray shim of the id (:func:`stop_stray_shims`), let a clean-up containerd
+    has under way finish (:func:`wait_task_gone`), then remove what is still
+    dead. Whether a Create may be tried again (no bundle
     is left at the task's path)."""
-    wait_task_gone(state, namespace, task_id)
+    stopped = stop_stray_shims(state, namespace, task_id, task_unknown=True)
+    wait_task_gone(state, namespace, task_id, shim_seen=stopped > 0)
     removed = clear_dead_bundle(state, root, namespace, task_id)
     return removed or not os.path.lexists(state / _TASKS / namespace / task_id)
+
+
+def half_deleted(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:
+    """Whether an earlier delete of ``task_id`` left a ``.<id>`` (cheap: two lstats)."""
+    return any(
+        top is not None and os.path.lexists(top / _TASKS / namespace / f".{task_id}")
+        for top in (state, root)
+    )
 
 
 def clear_half_deleted(state: Path, root: Path | None, namespace: str, task_id: str) -> None:
     """Before deleting a task: remove a ``.<id>`` a killed containerd left
     from an earlier delete of that id, or this delete would leave the bundle
     behind (its rename onto ``.<id>`` fails). Only one delete of an id runs
-    at a time, so a ``.<id>`` found now is not one in progress."""
+    at a time, so a ``.<id>`` found now is not one in progress. A shim still
+    in it keeps it: it may serve the very task to delete (see
+    :func:`stop_stray_shims`); a Create that then meets the bundle this delete
+    leaves clears both (:func:`clear_for_create`)."""
     for top in (state, root):
         if top is None:
             continue
         hidden = top / _TASKS / namespace / f".{task_id}"
-        if os.path.lexists(hidden) and hidden.is_dir() and not hidden.is_symlink():
+        usable = os.path.lexists(hidden) and hidden.is_dir() and not hidden.is_symlink()
+        if usable and not _held(hidden):
             _remove(hidden)
 
 
 def sweep_dead_bundles(state: Path, root: Path | None) -> None:
-    """Remove every dead bundle of every namespace; only while containerd is down."""
+    """Stop the stray shims (:func:`stop_stray_shims`) and remove every dead
+    bundle of every namespace; only while containerd is down."""
+    stop_stray_shims(state)
     shims = _shims()
     tasks = state / _TASKS
     if tasks.is_dir():

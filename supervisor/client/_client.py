@@ -30,7 +30,13 @@ from ..errors import (
     map_errors,
 )
 from . import _wire
-from ._bundles import DEAD_BUNDLE_ERROR, clear_for_create, clear_half_deleted, wait_task_gone
+from ._bundles import (
+    DEAD_BUNDLE_ERROR,
+    clear_for_create,
+    clear_half_deleted,
+    half_deleted,
+    wait_task_gone,
+)
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
 from ._listing import RawReply, decode_container, decode_containers, decode_metrics, decode_tasks
@@ -596,14 +602,17 @@ class Container:
     async def _delete_lost_task(self) -> None:
         """Delete reaches a task containerd cannot show (it answers NotFound
         all the same): it stops that shim and removes the bundle."""
-        self._clear_half_deleted()
+        await self._clear_half_deleted()
         with contextlib.suppress(NotFound), map_errors(f"delete lost task {self.id}"):
             await self.client._tasks_stub.delete(tasks_pb.DeleteTaskRequest(container_id=self.id))
 
-    def _clear_half_deleted(self) -> None:
+    async def _clear_half_deleted(self) -> None:
         state = self.client.containerd_state
-        if state is not None:
-            clear_half_deleted(Path(state[0]), Path(state[1]), self.client.namespace, self.id)
+        if state is None:
+            return
+        where = (Path(state[0]), Path(state[1]), self.client.namespace, self.id)
+        if half_deleted(*where):  # rare: only then scan /proc (and maybe stop a shim)
+            await anyio.to_thread.run_sync(clear_half_deleted, *where)
 
     async def _clear_dead_bundle(self, exc: ContainerdError) -> bool:
         state = self.client.containerd_state

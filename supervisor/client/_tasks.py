@@ -280,7 +280,7 @@ class Task(_Process):
 
     async def delete(self) -> ExitStatus:
         """Delete the stopped task; returns how it exited and releases its IO."""
-        self.container._clear_half_deleted()
+        await self.container._clear_half_deleted()
         try:
             with map_errors(self._what("delete task")):
                 reply = await self._stub.delete(

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 
 from ..client import Client
-from ..client._bundles import sweep_dead_bundles
+from ..client._bundles import stop_stray_shims, sweep_dead_bundles
 from ..errors import one_line
 
 log = logging.getLogger("supervisor.containerd")
@@ -114,6 +114,8 @@ class ManagedContainerd:
         else:
             await self._spawn()
         await self._wait_serving()
+        if pid is None:
+            await self._stop_strays()
 
     def state_dirs(self) -> tuple[str, str]:
         """Its state and root directories."""
@@ -217,8 +219,16 @@ class ManagedContainerd:
                 try:
                     await self._spawn()
                     await self._wait_serving()
+                    await self._stop_strays()
                 except (ContainerdStartError, OSError) as exc:
                     log.error("restarting containerd failed: %s", exc)
+
+    async def _stop_strays(self) -> None:
+        """A containerd that cannot load a shim in time (one stopped or slow
+        under load) deletes its bundle and leaves the shim running, unreachable
+        for good (supervisor.client._bundles): stop those once it serves, and
+        after it stops (what ``rm -f`` left while it ran)."""
+        await anyio.to_thread.run_sync(stop_stray_shims, self.base / "state")
 
     async def _kill_hung(self) -> None:
         assert self.pid is not None
@@ -263,6 +273,7 @@ class ManagedContainerd:
         with contextlib.suppress(OSError):
             self.pidfile.unlink()
         self.pid = None
+        await self._stop_strays()
 
 
 def _socket_accepts(path: str) -> bool:

@@ -3,7 +3,10 @@ enters a rootfs. No containerd needed: the layout is containerd 1.6's."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -12,9 +15,12 @@ from pathlib import Path
 
 from supervisor.client._bundles import (
     TASK_GONE_WAIT,
+    _has_children,
     _shims,
     clear_dead_bundle,
     clear_for_create,
+    clear_half_deleted,
+    stop_stray_shims,
     sweep_dead_bundles,
     wait_task_gone,
 )
@@ -71,8 +77,6 @@ def test_clear_one_id_while_containerd_runs(tmp_path: Path) -> None:
 
 
 def test_a_half_deleted_bundle_goes_before_the_next_delete(tmp_path: Path) -> None:
-    from supervisor.client._bundles import clear_half_deleted
-
     state, root = tmp_path / "state", tmp_path / "root"
     live = bundle(state, "i", "config.json", "address", "runtime")
     half = bundle(state, ".i", "config.json")
@@ -81,12 +85,20 @@ def test_a_half_deleted_bundle_goes_before_the_next_delete(tmp_path: Path) -> No
     assert live.exists() and not half.exists() and not root_half.exists()
 
 
-def _fake_shim(task_id: str, seconds: float) -> subprocess.Popen[bytes]:
-    """A process that /proc shows as a runc shim serving ``task_id``."""
+def _fake_shim(
+    task_id: str, seconds: float, cwd: Path | None = None, child: bool = False
+) -> subprocess.Popen[bytes]:
+    """A process that /proc shows as a runc shim serving ``task_id``, started in
+    ``cwd`` (its bundle, as containerd starts a shim); ``child``: with a child
+    process, as a shim serving a container has."""
     code = f"import time; time.sleep({seconds})"
+    if child:
+        code = f"import os; os.fork() or os.execvp('sleep', ['sleep', '{seconds}']); {code}"
     shim = subprocess.Popen(
         ["containerd-shim-runc-v2", "-c", code, "-namespace", NS, "-id", task_id],
         executable=sys.executable,
+        cwd=cwd,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while (NS, task_id) not in _shims():  # until it has exec'd
@@ -153,3 +165,119 @@ def test_clear_for_create(tmp_path: Path) -> None:
     finally:
         shim.kill()
         shim.wait()
+
+
+def _end(shim: subprocess.Popen[bytes]) -> None:
+    """Kill the fake shim and what it started (its own session), and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(shim.pid, signal.SIGKILL)
+    shim.wait()
+
+
+def test_a_shim_whose_bundle_was_deleted_under_it_is_stopped_and_the_id_runs_again(
+    tmp_path: Path,
+) -> None:
+    """containerd killed mid-delete: the bundle was renamed to .<id> (and
+    removed) while its shim lived on. The next Create of the id reached that
+    shim and left a bundle that looked served: the stray goes, then the bundle."""
+    state = tmp_path / "state"
+    old = bundle(state, "t", "config.json", "address")
+    shim = _fake_shim("t", 30, cwd=old)
+    try:
+        old.rename(old.with_name(".t"))
+        shutil.rmtree(old.with_name(".t"))
+        served = bundle(state, "t", "config.json", "address")  # the next Create's
+        assert clear_for_create(state, None, NS, "t")
+        assert shim.wait(timeout=5) == -signal.SIGKILL
+        assert not served.exists() and not old.with_name(".t").exists()
+    finally:
+        _end(shim)
+
+
+def test_a_half_deleted_bundle_a_shim_is_in_stays_until_a_create_clears_both(
+    tmp_path: Path,
+) -> None:
+    """Before a delete, a .<id> a shim still has as its cwd is kept: that shim
+    may serve the very task to delete (a Create connected to it). The bundle
+    the delete then leaves blocks the next Create, which clears both."""
+    state = tmp_path / "state"
+    old = bundle(state, "u", "config.json", "address")
+    shim = _fake_shim("u", 30, cwd=old)
+    try:
+        hidden = old.rename(old.with_name(".u"))
+        clear_half_deleted(state, None, NS, "u")
+        assert shim.poll() is None and hidden.exists()
+        left = bundle(state, "u", "config.json", "address")
+        assert clear_for_create(state, None, NS, "u")
+        assert shim.wait(timeout=5) == -signal.SIGKILL
+        assert not hidden.exists() and not left.exists()
+    finally:
+        _end(shim)
+
+
+def test_a_shim_with_processes_is_never_killed_nor_its_directory_removed(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    old = bundle(state, "v", "config.json", "address")
+    shim = _fake_shim("v", 30, cwd=old, child=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not _has_children(shim.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        hidden = old.rename(old.with_name(".v"))
+        clear_half_deleted(state, None, NS, "v")
+        sweep_dead_bundles(state, None)
+        assert stop_stray_shims(state, NS, "v", task_unknown=True) == 0
+        assert shim.poll() is None and hidden.exists()
+    finally:
+        _end(shim)
+
+
+def test_shims_in_their_bundles_or_of_another_state_dir_are_not_strays(tmp_path: Path) -> None:
+    state, other = tmp_path / "state", tmp_path / "other"
+    live = bundle(state, "w", "config.json", "address", "runtime")
+    elsewhere = bundle(other, "x", "config.json", "address")
+    shims = [_fake_shim("w", 30, cwd=live), _fake_shim("x", 30, cwd=elsewhere)]
+    try:
+        shutil.rmtree(elsewhere)  # deleted, but not under this state dir
+        assert stop_stray_shims(state) == 0
+        sweep_dead_bundles(state, None)
+        assert all(s.poll() is None for s in shims) and live.exists()
+    finally:
+        for s in shims:
+            _end(s)
+
+
+def test_the_sweep_before_containerd_starts_stops_strays(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    old = bundle(state, "y", "config.json", "address", "runtime")
+    shim = _fake_shim("y", 30, cwd=old)
+    try:
+        hidden = old.rename(old.with_name(".y"))
+        sweep_dead_bundles(state, None)
+        assert shim.wait(timeout=5) == -signal.SIGKILL and not hidden.exists()
+    finally:
+        _end(shim)
+
+
+def test_a_stray_an_id_s_bundle_may_reach_is_left_unless_the_task_is_unknown(
+    tmp_path: Path,
+) -> None:
+    """A Create after the stray's bundle went connects to the stray (the shim
+    reuses a socket that answers): containerd reaches it through the new
+    bundle, so only a caller that knows containerd has no such task kills it."""
+    state = tmp_path / "state"
+    old = bundle(state, "z", "config.json", "address", "runtime")
+    shim = _fake_shim("z", 30, cwd=old)
+    try:
+        shutil.rmtree(old)
+        current = bundle(state, "z", "config.json", "address", "runtime")
+        assert stop_stray_shims(state) == 0
+        sweep_dead_bundles(state, None)
+        assert shim.poll() is None and current.exists()
+        assert stop_stray_shims(state, NS, "z", task_unknown=True) == 1
+        assert shim.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        _end(shim)
