@@ -6,8 +6,11 @@ Part 1, the daemon (a subprocess with its managed containerd):
   spans the whole fault period), 20% `unless-stopped` sleepers. Each run
   appends a line to a file on a host bind mount, so runs are counted without
   trusting the daemon. Then, at random moments, containerd is SIGKILLed
-  (default 50 times) and the daemon is SIGKILLed (default 20 times; its managed
-  containerd serves on and the next daemon adopts it). A monitor checks twice a
+  (default 50 times), the daemon is SIGKILLed (default 20 times; its managed
+  containerd serves on and the next daemon adopts it), and containerd is
+  SIGKILLed while the shim of a running `always` container is SIGSTOPped
+  (default 5 times; SIGCONT once containerd serves again: a shim too slow to
+  answer containerd's reload, which then deletes its bundle and leaves it). A monitor checks twice a
   second that no container waits past its restart time by more than 2 s while
   containerd serves. At the end: budgets exact (runs == 9, restart count 8),
   sleepers never restarted and re-adopted with their pids, every `always`
@@ -21,7 +24,7 @@ SIGKILLed mid-Create (as soon as a task's shim is up) 10 times. Counts the
 exits the backend saw against the runs, containers stuck, and leftovers.
 
     sudo .venv/bin/python bench/faults.py [--containers 100] [--containerd-kills 50]
-        [--daemon-kills 20] [--library 30] [--library-kills 10] [--seed 1]
+        [--daemon-kills 20] [--shim-stops 5] [--library 30] [--library-kills 10] [--seed 1]
 """
 
 from __future__ import annotations
@@ -197,6 +200,49 @@ class DaemonRun:
         )
 
 
+async def _stop_a_shim(run: DaemonRun, kinds: dict[str, str], rng: random.Random) -> int | None:
+    """SIGSTOP the shim of a running `always` container; its pidfd (None if
+    none ran just then)."""
+    async with Client(run.address, run.namespace) as client:
+        running = sorted(
+            t.container_id
+            for t in await client.list_tasks()
+            if kinds.get(t.container_id) == "fast" and t.status is TaskStatus.RUNNING
+        )
+    shims = _shim_pids(run.namespace)
+    candidates = [cid for cid in running if cid in shims]
+    if not candidates:
+        return None
+    pid = shims[rng.choice(candidates)]
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    signal.pidfd_send_signal(pidfd, signal.SIGSTOP)
+    return pidfd
+
+
+def _shim_pids(namespace: str) -> dict[str, int]:
+    """Container id -> pid of its runc shim, in ``namespace``."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        flags = dict(zip(args[1::2], args[2::2], strict=False))
+        if (
+            args
+            and b"containerd-shim" in args[0]
+            and flags.get(b"-namespace") == namespace.encode()
+        ):
+            found[flags.get(b"-id", b"").decode()] = int(entry.name)
+    return found
+
+
 async def _serving(address: str, namespace: str) -> bool:
     with contextlib.suppress(OSError, SupervisorError):
         async with Client(address, namespace) as client:
@@ -256,9 +302,14 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
             for t in await client.list_tasks()
             if kinds.get(t.container_id) == "steady"
         }
-    faults = ["containerd"] * args.containerd_kills + ["daemon"] * args.daemon_kills
+    faults = (
+        ["containerd"] * args.containerd_kills
+        + ["daemon"] * args.daemon_kills
+        + ["stopped shim"] * args.shim_stops
+    )
     rng.shuffle(faults)
     recover_containerd: list[float] = []
+    recover_stopped: list[float] = []
     recover_daemon: list[float] = []
     spurious: set[str] = set()
     began = time.monotonic()
@@ -267,7 +318,10 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
         for number, fault in enumerate(faults, 1):
             await anyio.sleep(rng.uniform(0.2, 1.5))
             monitor.serving_since = None
-            if fault == "containerd":
+            if fault in ("containerd", "stopped shim"):
+                stopped = None
+                if fault == "stopped shim":
+                    stopped = await _stop_a_shim(run, kinds, rng)
                 old = run.containerd_pid()
                 assert old is not None
                 os.kill(old, signal.SIGKILL)
@@ -277,7 +331,12 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
                         run.address, run.namespace
                     ):
                         await anyio.sleep(0.02)
-                recover_containerd.append(time.monotonic() - killed)
+                back = time.monotonic() - killed
+                (recover_containerd if stopped is None else recover_stopped).append(back)
+                if stopped is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(stopped, signal.SIGCONT)
+                    os.close(stopped)
             else:
                 proc = run.procs[-1]
                 proc.kill()
@@ -415,9 +474,15 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
         "containerd kills": args.containerd_kills,
         "daemon kills": args.daemon_kills,
         "fault period (s)": round(fault_seconds, 1),
+        "containerd kills with a shim SIGSTOPped": args.shim_stops,
         "containerd back serving after a kill, median / max (s)": (
             f"{statistics.median(recover_containerd):.2f} / {max(recover_containerd):.2f}"
             if recover_containerd
+            else "-"
+        ),
+        "  the same with a shim SIGSTOPped (its reload times out at 5 s)": (
+            f"{statistics.median(recover_stopped):.2f} / {max(recover_stopped):.2f}"
+            if recover_stopped
             else "-"
         ),
         "daemon SIGKILL -> READY, median / max (s)": (
@@ -645,6 +710,7 @@ if __name__ == "__main__":
     parser.add_argument("--containers", type=int, default=100)
     parser.add_argument("--containerd-kills", type=int, default=50)
     parser.add_argument("--daemon-kills", type=int, default=20)
+    parser.add_argument("--shim-stops", type=int, default=5)
     parser.add_argument("--library", type=int, default=30)
     parser.add_argument("--library-kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)

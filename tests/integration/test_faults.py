@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -224,6 +225,64 @@ async def test_shim_sigkilled_the_policy_restarts_the_container(dirs: DaemonDirs
         await until(restarted)
         assert (await labels(client, "victim"))[COUNT] == "1"
     assert "Traceback" not in dirs.output()
+
+
+async def test_a_shim_too_slow_for_containerds_reload_is_stopped_and_its_container_runs_again(
+    dirs: DaemonDirs,
+) -> None:
+    """containerd gives each shim 5 s to answer its reload; then it deletes the
+    shim's bundle and leaves the shim running, where nothing reaches it again
+    (containerd 1.6). Here the shim is SIGSTOPped across a containerd SIGKILL:
+    the daemon kills that stray, the container runs again under a new shim,
+    and after `rm -f` no process of the namespace is left."""
+    dirs.define("victim", ["sleep", "1000"], restart="always")
+    dirs.start()
+    await dirs.message("READY=1")
+    async with Client(dirs.address, dirs.namespace) as client:
+        pid = await pid_of(client, "victim")
+        shims = [p for p in namespace_processes(dirs.namespace) if _is_shim(p)]
+        assert pid is not None and len(shims) == 1
+        stray = os.pidfd_open(shims[0])
+        try:
+            signal.pidfd_send_signal(stray, signal.SIGSTOP)
+            old = _managed_pid(dirs)
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            await _serving_again(dirs, old)
+
+            async def stray_gone() -> bool:
+                return _proc_state(shims[0]) in (b"", b"Z")
+
+            async def runs_again() -> bool:
+                now = await pid_of(client, "victim")
+                return now is not None and now != pid
+
+            await until(stray_gone)
+            await until(runs_again)
+            assert (await labels(client, "victim"))[COUNT] == "1"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(stray, signal.SIGCONT)
+            os.close(stray)
+    assert dirs.cli("rm", "-f", "victim").code == 0
+    await until(_nothing_left(dirs.namespace))
+    assert "Traceback" not in dirs.output()
+
+
+def _proc_state(pid: int) -> bytes:
+    """A process's state letter; empty once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return b""
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+
+
+def _nothing_left(namespace: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not namespace_processes(namespace)
+
+    return check
 
 
 def _is_shim(pid: int) -> bool:
