@@ -39,9 +39,11 @@ log = logging.getLogger("supervisor.client")
 
 __all__ = (
     "DEAD_BUNDLE_ERROR",
+    "RUNC_EXISTS_ERROR",
     "clear_dead_bundle",
     "clear_for_create",
     "clear_half_deleted",
+    "clear_runc_state",
     "half_deleted",
     "stop_stray_shims",
     "sweep_dead_bundles",
@@ -50,6 +52,8 @@ __all__ = (
 
 #: How containerd 1.6 says a dead bundle blocks a Create.
 DEAD_BUNDLE_ERROR = "failed to start shim: mkdir"
+#: How runc says a container of the id is still in its state dir.
+RUNC_EXISTS_ERROR = "container with given ID already exists"
 _TASKS = "io.containerd.runtime.v2.task"
 _SHIM = b"containerd-shim"
 #: Where the runc v2 shim keeps runc's state, one directory per namespace.
@@ -259,6 +263,16 @@ def _runc_delete(namespace: str, task_id: str) -> None:
             timeout=10,
             check=False,
         )
+
+
+def clear_runc_state(namespace: str, task_id: str) -> bool:
+    """A Create failed with :data:`RUNC_EXISTS_ERROR` for a task containerd does
+    not know: runc's state of an earlier container of the id outlived the task
+    (its shim was killed, or containerd's clean-up after it timed out). runc's
+    documented clean-up (``delete --force``) kills what is left of it and
+    removes its state. Whether that state is gone."""
+    _runc_delete(namespace, task_id)
+    return not (RUNC_ROOT / namespace / task_id).exists()
 
 
 def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:

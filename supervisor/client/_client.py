@@ -32,8 +32,10 @@ from ..errors import (
 from . import _wire
 from ._bundles import (
     DEAD_BUNDLE_ERROR,
+    RUNC_EXISTS_ERROR,
     clear_for_create,
     clear_half_deleted,
+    clear_runc_state,
     half_deleted,
     wait_task_gone,
 )
@@ -556,9 +558,10 @@ class Container:
 
     async def _create_recovering(self, request: tasks_pb.CreateTaskRequest) -> Any:
         """Create, clearing what a killed containerd left of an earlier task of
-        this id: a task it lost (AlreadyExists), then a dead bundle (which the
-        lost task's delete can itself leave), each at most once."""
-        ghost_cleared = bundle_cleared = False
+        this id: a task it lost (AlreadyExists), a dead bundle (which the lost
+        task's delete can itself leave), runc's state of a lost container, each
+        at most once."""
+        ghost_cleared = bundle_cleared = runc_cleared = False
         while True:
             try:
                 return await self._create_task(request)
@@ -567,9 +570,14 @@ class Container:
                     raise
                 ghost_cleared = True
             except ContainerdError as exc:
-                if bundle_cleared or not await self._clear_dead_bundle(exc):
+                if RUNC_EXISTS_ERROR in str(exc):
+                    if runc_cleared or not await self._clear_runc_state(exc):
+                        raise
+                    runc_cleared = True
+                elif bundle_cleared or not await self._clear_dead_bundle(exc):
                     raise
-                bundle_cleared = True
+                else:
+                    bundle_cleared = True
 
     async def _create_task(self, request: tasks_pb.CreateTaskRequest) -> Any:
         with map_errors(f"create task {self.id}"):
@@ -631,6 +639,24 @@ class Container:
         return await anyio.to_thread.run_sync(
             clear_for_create, Path(state[0]), Path(state[1]), self.client.namespace, self.id
         )
+
+    async def _clear_runc_state(self, exc: ContainerdError) -> bool:
+        """runc kept the state of a container of this id that containerd lost
+        (its shim was killed mid-create, or containerd's clean-up after it gave
+        up): remove it with runc's own clean-up, only when this client manages
+        containerd's state (``containerd_state``) and containerd has no task."""
+        if self.client.containerd_state is None:
+            log.error(
+                "container %s: runc keeps a lost container's state (%s); give the "
+                "Client containerd_state, or `runc delete --force` it",
+                self.id,
+                exc,
+            )
+            return False
+        if await self._task_known():
+            return False
+        log.info("container %s: removing runc's state of a container containerd lost", self.id)
+        return await anyio.to_thread.run_sync(clear_runc_state, self.client.namespace, self.id)
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import Client, Container, FifoIO, NotFound, TaskStatus, Unavailable
+from supervisor import Client, Container, FifoIO, NotFound, TaskStatus, Unavailable, oci_spec
 from supervisor.daemon._containerd import _alive
 from supervisor.testing import (
     ContainerdProcess,
@@ -73,6 +73,39 @@ async def test_containerd_killed_mid_create_the_container_runs_again(
         await task.delete()
         await container.delete()
     assert lost >= 1, "the kill never hit the window it is meant to hit"
+
+
+async def test_runc_state_of_a_lost_container_is_cleared_and_the_id_runs(
+    own_containerd: ContainerdProcess, own_client: Client, rootfs: Path, tmp_path: Path
+) -> None:
+    """runc's state of a container of the id that containerd does not know (a
+    shim killed mid-create, or containerd's clean-up after it given up) made
+    every Create fail with runc's "container with given ID already exists".
+    new_task clears it with runc's own `delete --force`; its `runc init` goes."""
+    container = await make_container(own_client, rootfs, "runcleft", ["echo", "ran"])
+    bundle = tmp_path / "lost-bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps(oci_spec(rootfs, ["sleep", "1000"])))
+    runc_root = Path("/run/containerd/runc") / own_client.namespace
+    subprocess.run(
+        ["runc", "--root", str(runc_root), "create", "--bundle", str(bundle), "runcleft"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+        timeout=WAIT,
+    )
+    init = json.loads((runc_root / "runcleft" / "state.json").read_text())["init_process_pid"]
+    assert _proc_state(init) not in (b"", b"Z")  # runc init, waiting to be started
+    io = FifoIO.create(own_client.fifo_dir, container.id)
+    task = await container.new_task(io)
+    await task.start()
+    with anyio.fail_after(WAIT):
+        assert await io.stdout_reader.read_all() == b"ran\n"
+        assert (await task.wait()).code == 0
+    assert _proc_state(init) in (b"", b"Z")
+    await task.delete()
+    await container.delete()
 
 
 def _managed_pid(dirs: DaemonDirs) -> int | None:
