@@ -1,8 +1,10 @@
-"""Task bundles a killed containerd leaves behind and never clears itself.
+"""What a killed containerd leaves behind and never clears itself: task
+bundles, stray shims, runc state.
 
 containerd 1.6 has no API for these, so this works on its state directory
 (only when the caller says where it is). Measured on containerd 1.6.20 with
-containerd SIGKILLed while tasks were created and deleted:
+containerd SIGKILLed while tasks were created and deleted, and while a shim
+was SIGSTOPped:
 
 - a bundle whose shim is gone before the task was made (no ``address`` file,
   or an ``address`` but no ``runtime`` file and no shim): containerd's clean-up
@@ -10,13 +12,17 @@ containerd SIGKILLed while tasks were created and deleted:
   "failed to start shim: mkdir ...: file exists";
 - ``.<id>``, the first half of a bundle's delete (a rename): the next delete of
   that id leaves its bundle behind, which then blocks Create as above;
-- a shim whose bundle (its working directory) was deleted or renamed to
-  ``.<id>`` while it lived: containerd never loads a ``.<id>`` bundle, yet the
-  shim keeps its socket, and the next Create of that id connects to it (the
-  runc shim reuses a socket that answers) and fails; the bundle it leaves then
-  counts as served by a live shim, so nothing ever clears it. Such a shim
-  serves no process (no children) and no containerd reaches it: it is
-  killed (:func:`stop_stray_shims`).
+- a shim containerd could not reload in time (5 s; one stopped, or too slow
+  under load): containerd runs the shim's clean-up (which kills its
+  container) and deletes its bundle, but leaves the shim running in a
+  directory that is gone. Nothing reaches it again, unless a later Create of
+  the id connects to its socket (the runc shim reuses a socket that answers);
+  and a bundle such a Create leaves counts as served by a live shim, so
+  nothing would clear it. A shim like that with no child process is killed
+  (:func:`stop_stray_shims`);
+- runc's state of a container whose task containerd lost: every Create of
+  that id fails with "container with given ID already exists"
+  (:func:`clear_runc_state`).
 
 A bundle is only removed when no shim process serves its id (or only a stray
 one, killed first), and never through its ``rootfs`` (it is rmdir'ed: a
