@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -126,6 +127,8 @@ def _has_children(pid: int) -> bool:
             with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                 children = f.read().split()
         except FileNotFoundError:
+            if os.path.exists(f"/proc/{pid}/task/{tid}"):
+                return True  # a kernel without the children file: cannot tell
             continue  # the thread ended
         except OSError:
             return True
@@ -140,20 +143,37 @@ def _has_children(pid: int) -> bool:
     return False
 
 
+def _tasks_prefix(state: Path) -> str:
+    """Where the shims of containerd's ``state`` dir work, as /proc shows a
+    cwd (links resolved), with a trailing slash."""
+    return os.path.realpath(state / _TASKS) + "/"
+
+
+def _outside_its_bundle(pid: int, tasks: str, namespace: str, task_id: str) -> bool:
+    """Whether ``pid`` is still the shim of ``namespace``/``task_id`` started
+    under ``tasks`` and no longer works in that id's bundle (deleted, or
+    renamed to ``.<id>``)."""
+    args = _cmdline(str(pid))
+    if not args or _SHIM not in os.path.basename(args[0]):
+        return False
+    flags = dict(itertools.pairwise(args))
+    if flags.get(b"-namespace") != namespace.encode() or flags.get(b"-id") != task_id.encode():
+        return False
+    cwd = _cwd(pid)
+    return cwd is not None and cwd.startswith(tasks) and cwd != f"{tasks}{namespace}/{task_id}"
+
+
 def _strays(state: Path, namespace: str | None, task_id: str | None) -> list[tuple[int, str, str]]:
     """(pid, namespace, id) of each shim started in a bundle of ``state`` that
-    is no longer that id's bundle: deleted, or renamed to ``.<id>``. Only
-    ``namespace``/``task_id`` when given."""
-    tasks = os.fspath(state / _TASKS) + "/"
-    found = []
-    for pid, ns, tid in _scan():
-        if (namespace is not None and ns != namespace) or (task_id is not None and tid != task_id):
-            continue
-        cwd = _cwd(pid)
-        if cwd is None or not cwd.startswith(tasks) or cwd == f"{tasks}{ns}/{tid}":
-            continue  # not one of this containerd's, or in its bundle
-        found.append((pid, ns, tid))
-    return found
+    is no longer that id's bundle. Only ``namespace``/``task_id`` when given."""
+    tasks = _tasks_prefix(state)
+    return [
+        (pid, ns, tid)
+        for pid, ns, tid in _scan()
+        if (namespace is None or ns == namespace)
+        and (task_id is None or tid == task_id)
+        and _outside_its_bundle(pid, tasks, ns, tid)
+    ]
 
 
 def stop_stray_shims(
@@ -164,56 +184,106 @@ def stop_stray_shims(
     task_unknown: bool = False,
 ) -> int:
     """Kill (SIGKILL, by pid) each shim of containerd's ``state`` dir whose
-    bundle is gone and that serves no process (see the module docstring), and
-    wait (at most :data:`STRAY_EXIT_WAIT`) until they have left /proc. How
-    many were killed.
+    bundle is gone, that no bundle leads to and that serves no process (see
+    the module docstring), and wait (at most :data:`STRAY_EXIT_WAIT`) until
+    they have left /proc. How many were killed.
 
-    A stray shim still answers on its socket, and a later Create of its id
-    may have connected to it: while the id has a bundle with an ``address``,
-    its shim is left, unless ``task_unknown`` (the caller knows containerd
-    does not serve a task of that id). A shim with child processes is never
-    killed: that would orphan them."""
+    A shim still answers on its socket, which a bundle's ``address`` names:
+    a later Create of its id may have connected to it, and a grouped shim
+    (one for several containers, named after the first) serves the others
+    after the first one's bundle went. While any bundle of the namespace
+    names a socket the shim listens on, it is left; ``task_unknown``: the
+    caller knows containerd has no task of ``task_id``, so its bundle does not
+    count. A shim with child processes is never killed: that would orphan
+    them."""
+    tasks = _tasks_prefix(state)
     killed: list[int] = []
     for pid, ns, tid in _strays(state, namespace, task_id):
-        current = state / _TASKS / ns / tid
-        if not task_unknown and os.path.lexists(current / "address"):
-            continue  # containerd may reach it through the id's bundle
-        if _has_children(pid):
+        ignore = task_id if task_unknown else None
+        outcome = _kill_stray(pid, tasks, ns, tid, ignore)
+        if outcome == "killed":
+            log.info("stopped shim %d of %s/%s: its bundle is gone, no containerd reaches it",
+                     pid, ns, tid)  # fmt: skip
+            killed.append(pid)
+        elif outcome == "has processes":
             log.warning("shim %d of %s/%s lost its bundle but has processes; leaving it",
                         pid, ns, tid)  # fmt: skip
-            continue
-        log.info("stopping shim %d of %s/%s: its bundle is gone, no containerd reaches it",
-                 pid, ns, tid)  # fmt: skip
-        if _kill_stray(pid, os.fspath(current)):
-            killed.append(pid)
     deadline = time.monotonic() + STRAY_EXIT_WAIT
     while any(_cmdline(str(pid)) for pid in killed) and time.monotonic() < deadline:
         time.sleep(0.01)  # a zombie has no cmdline: gone as far as this is concerned
     return len(killed)
 
 
-def _kill_stray(pid: int, bundle: str) -> bool:
-    """SIGKILL ``pid`` if it still runs outside ``bundle``, checked once the
-    process is pinned (a pidfd: its pid cannot be reused before the signal)."""
+def _kill_stray(pid: int, tasks: str, namespace: str, task_id: str, ignore: str | None) -> str:
+    """SIGKILL shim ``pid`` if, once it is pinned (a pidfd: its pid cannot be
+    reused before the signal, so every check is made on the process that gets
+    it), it is still that id's shim outside its bundle, has no child process,
+    and no bundle of the namespace but ``ignore`` names a socket it listens
+    on. What became of it: killed, gone, has processes, reachable."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
-        return False  # gone
+        return "gone"
     try:
-        cwd = _cwd(pid)
-        if not _cmdline(str(pid)) or cwd is None or cwd == bundle:
-            return False
+        if not _outside_its_bundle(pid, tasks, namespace, task_id):
+            return "gone"
+        if _has_children(pid):
+            return "has processes"
+        sockets = _listening(pid)
+        if sockets is None or _named_by_a_bundle(tasks + namespace, sockets, ignore):
+            return "reachable"
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
+        return "killed"
     except OSError:
-        return False
+        return "gone"
     finally:
         os.close(pidfd)
 
 
+def _listening(pid: int) -> set[str] | None:
+    """The paths of the unix sockets ``pid`` holds; None if it cannot tell."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        paths = set()
+        with open(f"/proc/{pid}/net/unix") as table:
+            next(table, None)  # the header
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 8 and fields[6] in inodes:
+                    paths.add(fields[7])
+        return paths
+    except OSError:
+        return None
+
+
+def _named_by_a_bundle(bundles: str, sockets: set[str], ignore: str | None) -> bool:
+    """Whether a bundle of the namespace (not ``ignore``) has an ``address``
+    that names one of ``sockets``."""
+    try:
+        entries = list(os.scandir(bundles))
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name == ignore:
+            continue
+        try:
+            with open(os.path.join(entry.path, "address")) as f:
+                address = f.read(4096).strip()
+        except OSError:
+            continue
+        if address.removeprefix("unix://") in sockets:
+            return True
+    return False
+
+
 def _held(bundle: Path) -> bool:
     """Whether a live shim has ``bundle`` as its working directory."""
-    where = os.fspath(bundle)
+    where = os.path.join(os.path.realpath(bundle.parent), bundle.name)
     return any(_cwd(pid) == where for pid, _, _ in _scan())
 
 
@@ -271,14 +341,45 @@ def _runc_delete(namespace: str, task_id: str) -> None:
         )
 
 
-def clear_runc_state(namespace: str, task_id: str) -> bool:
-    """A Create failed with :data:`RUNC_EXISTS_ERROR` for a task containerd does
-    not know: runc's state of an earlier container of the id outlived the task
-    (its shim was killed, or containerd's clean-up after it timed out). runc's
-    documented clean-up (``delete --force``) kills what is left of it and
-    removes its state. Whether that state is gone."""
+def clear_runc_state(state: Path, namespace: str, task_id: str) -> bool:
+    """A Create failed with :data:`RUNC_EXISTS_ERROR` for a task containerd
+    (its ``state`` dir) does not know: runc's state of an earlier container of
+    the id outlived the task (its shim was killed, or containerd's clean-up
+    after it timed out). runc's documented clean-up (``delete --force``) kills
+    what is left of it and removes its state; not when its process is served
+    by a shim of another containerd (runc's root is per namespace, not per
+    containerd). Whether that state is gone."""
+    init = _runc_init_pid(RUNC_ROOT / namespace / task_id)
+    if init is not None and _served_elsewhere(init, _tasks_prefix(state)):
+        log.warning("runc's container %s/%s is served by another containerd's shim; leaving it",
+                    namespace, task_id)  # fmt: skip
+        return False
     _runc_delete(namespace, task_id)
     return not (RUNC_ROOT / namespace / task_id).exists()
+
+
+def _runc_init_pid(container: Path) -> int | None:
+    try:
+        with open(container / "state.json", "rb") as f:
+            pid = json.loads(f.read(1 << 20)).get("init_process_pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _served_elsewhere(pid: int, tasks: str) -> bool:
+    """Whether ``pid``'s parent is a shim that does not work under ``tasks``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        parent = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False  # gone: nothing to spare
+    args = _cmdline(str(parent))
+    if not args or _SHIM not in os.path.basename(args[0]):
+        return False  # an orphan (reparented to init, or to another reaper)
+    cwd = _cwd(parent)
+    return cwd is None or not cwd.startswith(tasks)
 
 
 def clear_dead_bundle(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:

@@ -656,7 +656,10 @@ class Container:
         if await self._task_known():
             return False
         log.info("container %s: removing runc's state of a container containerd lost", self.id)
-        return await anyio.to_thread.run_sync(clear_runc_state, self.client.namespace, self.id)
+        state = Path(self.client.containerd_state[0])
+        return await anyio.to_thread.run_sync(
+            clear_runc_state, state, self.client.namespace, self.id
+        )
 
     async def _discard_task(self) -> None:
         # Best effort: the task may never have existed.

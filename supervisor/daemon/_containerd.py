@@ -124,7 +124,7 @@ class ManagedContainerd:
     async def _spawn(self) -> None:
         # The task bundles a killed containerd leaves and never clears (see
         # supervisor.client._bundles) go while it is not running.
-        sweep_dead_bundles(self.base / "state", self.base / "root")
+        await anyio.to_thread.run_sync(sweep_dead_bundles, self.base / "state", self.base / "root")
         binary = shutil.which(self.binary) or self.binary
         env = {
             k: v

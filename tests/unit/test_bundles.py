@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,9 @@ from pathlib import Path
 from supervisor.client._bundles import (
     TASK_GONE_WAIT,
     _has_children,
+    _served_elsewhere,
     _shims,
+    _tasks_prefix,
     clear_dead_bundle,
     clear_for_create,
     clear_half_deleted,
@@ -86,25 +89,44 @@ def test_a_half_deleted_bundle_goes_before_the_next_delete(tmp_path: Path) -> No
 
 
 def _fake_shim(
-    task_id: str, seconds: float, cwd: Path | None = None, child: bool = False
+    task_id: str,
+    seconds: float,
+    cwd: Path | None = None,
+    child: bool = False,
+    listen: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """A process that /proc shows as a runc shim serving ``task_id``, started in
     ``cwd`` (its bundle, as containerd starts a shim); ``child``: with a child
-    process, as a shim serving a container has."""
+    process, as a shim serving a container has; ``listen``: on a unix socket
+    at that path, as a shim serves containerd."""
     code = f"import time; time.sleep({seconds})"
     if child:
         code = f"import os; os.fork() or os.execvp('sleep', ['sleep', '{seconds}']); {code}"
+    if listen:
+        code = (
+            "import socket; s = socket.socket(socket.AF_UNIX); "
+            f"s.bind({listen!r}); s.listen(); {code}"
+        )
+    # The interpreter under a shim's name: /proc shows it as one, and it
+    # still finds its standard library from that path.
+    named = Path(tempfile.mkdtemp(prefix="shim-")) / "containerd-shim-runc-v2"
+    named.symlink_to(os.path.realpath(sys.executable))
     shim = subprocess.Popen(
-        ["containerd-shim-runc-v2", "-c", code, "-namespace", NS, "-id", task_id],
-        executable=sys.executable,
+        [str(named), "-c", code, "-namespace", NS, "-id", task_id],
         cwd=cwd,
         start_new_session=True,
     )
     deadline = time.monotonic() + 10
-    while (NS, task_id) not in _shims():  # until it has exec'd
+    while (NS, task_id) not in _shims() or (listen and not os.path.exists(listen)):
         assert time.monotonic() < deadline and shim.poll() is None
         time.sleep(0.01)
+    shutil.rmtree(named.parent)
     return shim
+
+
+def _socket_path() -> str:
+    """A short path for a unix socket (their paths are limited to 107 bytes)."""
+    return os.path.join(tempfile.mkdtemp(prefix="s-"), "s")
 
 
 def test_a_shim_that_is_exiting_is_waited_for(tmp_path: Path) -> None:
@@ -270,10 +292,12 @@ def test_a_stray_an_id_s_bundle_may_reach_is_left_unless_the_task_is_unknown(
     bundle, so only a caller that knows containerd has no such task kills it."""
     state = tmp_path / "state"
     old = bundle(state, "z", "config.json", "address", "runtime")
-    shim = _fake_shim("z", 30, cwd=old)
+    socket_path = _socket_path()
+    shim = _fake_shim("z", 30, cwd=old, listen=socket_path)
     try:
         shutil.rmtree(old)
-        current = bundle(state, "z", "config.json", "address", "runtime")
+        current = bundle(state, "z", "config.json", "runtime")
+        (current / "address").write_text(f"unix://{socket_path}")
         assert stop_stray_shims(state) == 0
         sweep_dead_bundles(state, None)
         assert shim.poll() is None and current.exists()
@@ -281,3 +305,53 @@ def test_a_stray_an_id_s_bundle_may_reach_is_left_unless_the_task_is_unknown(
         assert shim.wait(timeout=5) == -signal.SIGKILL
     finally:
         _end(shim)
+        shutil.rmtree(os.path.dirname(socket_path))
+
+
+def test_a_grouped_shim_whose_first_members_bundle_went_serves_the_others(
+    tmp_path: Path,
+) -> None:
+    """A grouped shim is named after the member that started it and works in
+    that member's bundle, which goes when that member's task is deleted; the
+    shim serves the others on. While another member's bundle names its
+    socket it is never a stray, even for a Create of the first member."""
+    state = tmp_path / "state"
+    first = bundle(state, "g1", "config.json", "address", "runtime")
+    socket_path = _socket_path()
+    shim = _fake_shim("g1", 30, cwd=first, listen=socket_path)
+    try:
+        other = bundle(state, "g2", "config.json", "runtime")
+        (other / "address").write_text(f"unix://{socket_path}")
+        shutil.rmtree(first)
+        assert stop_stray_shims(state) == 0
+        assert stop_stray_shims(state, NS, "g1", task_unknown=True) == 0
+        sweep_dead_bundles(state, None)
+        assert shim.poll() is None and other.exists()
+        shutil.rmtree(other)  # the last member deleted: nothing reaches the shim
+        assert stop_stray_shims(state) == 1
+        assert shim.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        _end(shim)
+        shutil.rmtree(os.path.dirname(socket_path))
+
+
+def test_runc_state_whose_process_another_containerds_shim_serves_is_spared(
+    tmp_path: Path,
+) -> None:
+    """runc keeps one root per namespace for every containerd: a container
+    whose process a shim of another state dir serves is not ours to delete."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    their_bundle = bundle(theirs, "c", "config.json", "address")
+    our_bundle = bundle(ours, "c", "config.json", "address")
+    for where, spared in ((their_bundle, True), (our_bundle, False)):
+        shim = _fake_shim("c", 30, cwd=where, child=True)
+        try:
+            deadline = time.monotonic() + 10
+            while not _has_children(shim.pid):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            child = int(Path(f"/proc/{shim.pid}/task/{shim.pid}/children").read_text().split()[0])
+            assert _served_elsewhere(child, _tasks_prefix(ours)) is spared
+        finally:
+            _end(shim)
+    assert not _served_elsewhere(os.getpid(), _tasks_prefix(ours))  # not a shim's
