@@ -217,9 +217,9 @@ def stop_stray_shims(
 def _kill_stray(pid: int, tasks: str, namespace: str, task_id: str, ignore: str | None) -> str:
     """SIGKILL shim ``pid`` if, once it is pinned (a pidfd: its pid cannot be
     reused before the signal, so every check is made on the process that gets
-    it), it is still that id's shim outside its bundle, has no child process,
-    and no bundle of the namespace but ``ignore`` names a socket it listens
-    on. What became of it: killed, gone, has processes, reachable."""
+    it), it is still that id's shim outside its bundle, no bundle of the
+    namespace but ``ignore`` names a socket it listens on, and it has no child
+    process. What became of it: killed, gone, reachable, has processes."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -227,11 +227,11 @@ def _kill_stray(pid: int, tasks: str, namespace: str, task_id: str, ignore: str 
     try:
         if not _outside_its_bundle(pid, tasks, namespace, task_id):
             return "gone"
-        if _has_children(pid):
-            return "has processes"
         sockets = _listening(pid)
         if sockets is None or _named_by_a_bundle(tasks + namespace, sockets, ignore):
-            return "reachable"
+            return "reachable"  # often: a Create joined it, and it serves that task
+        if _has_children(pid):
+            return "has processes"
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         return "killed"
     except OSError:
