@@ -222,6 +222,40 @@ async def _stop_a_shim(run: DaemonRun, kinds: dict[str, str], rng: random.Random
     return pidfd
 
 
+async def _ready_or_dump(run: DaemonRun, slow: float) -> float:
+    """Wait for READY; if it takes longer than ``slow``, have containerd dump
+    its goroutines (SIGUSR1) and print each shim of the
+    namespace whose state or working directory looks wrong, so a rare slow
+    restart (60 s once in a dozen runs) leaves evidence."""
+    began = time.monotonic()
+    async with anyio.create_task_group() as tg:
+
+        async def dump() -> None:
+            await anyio.sleep(slow)
+            pid = run.containerd_pid()
+            log(
+                f"READY is slow (> {slow:g} s): containerd {pid} dumps its goroutines "
+                f"(SIGUSR1; containerd writes them to /tmp/containerd.{pid}.stacks.log)"
+            )
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+            for cid, shim in sorted(_shim_pids(run.namespace).items()):
+                try:
+                    stat = Path(f"/proc/{shim}/stat").read_text()
+                    cwd = os.readlink(f"/proc/{shim}/cwd")
+                except OSError:
+                    continue
+                state = stat[stat.rfind(")") + 2]
+                if state not in "SR" or not cwd.endswith("/" + cid):
+                    log(f"  shim {shim} of {cid}: state {state}, cwd {cwd}")
+
+        tg.start_soon(dump)
+        await run.ready()
+        tg.cancel_scope.cancel()
+    return time.monotonic() - began
+
+
 def _shim_pids(namespace: str) -> dict[str, int]:
     """Container id -> pid of its runc shim, in ``namespace``."""
     found = {}
@@ -342,7 +376,7 @@ async def part_daemon(args: argparse.Namespace, base: Path, rootfs: Path) -> dic
                 proc.kill()
                 proc.wait(30)
                 run.start()
-                recover_daemon.append(await run.ready())
+                recover_daemon.append(await _ready_or_dump(run, args.slow_ready))
                 async with Client(run.address, run.namespace) as client:
                     for cid, pid in steady.items():
                         with contextlib.suppress(NotFound):
@@ -711,6 +745,12 @@ if __name__ == "__main__":
     parser.add_argument("--containerd-kills", type=int, default=50)
     parser.add_argument("--daemon-kills", type=int, default=20)
     parser.add_argument("--shim-stops", type=int, default=5)
+    parser.add_argument(
+        "--slow-ready",
+        type=float,
+        default=15.0,
+        help="after a daemon kill, dump containerd's goroutines if READY takes longer (s)",
+    )
     parser.add_argument("--library", type=int, default=30)
     parser.add_argument("--library-kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
