@@ -619,10 +619,17 @@ class Daemon(Keeper):
     ) -> str | None:
         """Sync now; a failure is logged and left to the scheduler to retry.
         Returns why the container could not be started, if it could not."""
+        began = time.monotonic()
         try:
             with anyio.fail_after(OPERATION_TIMEOUT):
                 at = await self.sync(cid, first=first, seen=seen)
         except EXPECTED as exc:
+            if isinstance(exc, TimeoutError):
+                # Rare, and it holds up what waits for it (READY waits for the
+                # first syncs): always worth a line, even if the retry works.
+                took = time.monotonic() - began
+                log.warning("sync of %s timed out after %.1fs; retrying", cid, took)
+                exc = TimeoutError(f"timed out after {took:.1f}s")
             self.scheduler.request(cid, time.time() + 0.2)  # it logs what persists
             return f"{cid}: {exc}"
         if at is not None:
