@@ -37,7 +37,7 @@ from ._bundles import (
     clear_half_deleted,
     clear_runc_state,
     half_deleted,
-    wait_task_gone,
+    settle_lost_task,
 )
 from ._ids import validate_id
 from ._io import FifoIO, NullIO, ProcessIO
@@ -595,7 +595,7 @@ class Container:
         await self._delete_lost_task()
         state = self.client.containerd_state
         await anyio.to_thread.run_sync(
-            wait_task_gone, Path(state[0]) if state else None, self.client.namespace, self.id
+            settle_lost_task, Path(state[0]) if state else None, self.client.namespace, self.id
         )
         return True
 

@@ -23,6 +23,7 @@ from supervisor.client._bundles import (
     clear_dead_bundle,
     clear_for_create,
     clear_half_deleted,
+    settle_lost_task,
     stop_stray_shims,
     sweep_dead_bundles,
     wait_task_gone,
@@ -355,3 +356,33 @@ def test_runc_state_whose_process_another_containerds_shim_serves_is_spared(
         finally:
             _end(shim)
     assert not _served_elsewhere(os.getpid(), _tasks_prefix(ours))  # not a shim's
+
+
+def test_a_lost_tasks_shim_that_outlived_its_bundle_is_stopped(tmp_path: Path) -> None:
+    """After the delete of a lost task, a shim of the id whose bundle is gone
+    would be joined by the next Create: it is stopped, at once."""
+    state = tmp_path / "state"
+    old = bundle(state, "l", "config.json", "address")
+    shim = _fake_shim("l", 30, cwd=old)
+    try:
+        shutil.rmtree(old)
+        began = time.monotonic()
+        assert settle_lost_task(state, NS, "l")
+        assert shim.wait(timeout=5) == -signal.SIGKILL
+        assert time.monotonic() - began < TASK_GONE_WAIT + 1
+    finally:
+        _end(shim)
+
+
+def test_a_lost_tasks_shim_still_in_its_bundle_is_waited_for_not_killed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    live = bundle(state, "m", "config.json", "address")
+    shim = _fake_shim("m", 0.3, cwd=live)
+    cleanup = threading.Timer(0.5, lambda: shutil.rmtree(live))
+    cleanup.start()
+    try:
+        assert settle_lost_task(state, NS, "m")
+        assert shim.wait(timeout=5) == 0  # it exited by itself
+    finally:
+        cleanup.cancel()
+        _end(shim)
