@@ -466,7 +466,10 @@ async def test_reload_during_a_hung_containerd_is_finished_later(dirs: DaemonDir
                 ids = {c.id for c in await client.list_containers()}
                 if "gone" in ids or "changed" not in ids:
                     return False
-                changed = await labels(client, "changed")
+                try:
+                    changed = await labels(client, "changed")
+                except NotFound:
+                    return False  # replaced (deleted, made again) since the listing
                 return (
                     changed[PREFIX + "definition-hash"] != old_hash
                     and await pid_of(client, "changed") is not None
