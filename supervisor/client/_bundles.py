@@ -116,6 +116,17 @@ def _cwd(pid: int) -> str | None:
         return None
 
 
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...);
+    None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
 def _has_children(pid: int) -> bool:
     """Whether ``pid`` has a child process that is not a zombie (or it cannot
     tell)."""
@@ -134,12 +145,8 @@ def _has_children(pid: int) -> bool:
         except OSError:
             return True
         for child in children:
-            try:
-                with open(f"/proc/{child.decode()}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue  # reaped
-            if stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z":
+            fields = _stat(child.decode())
+            if fields and fields[0] != b"Z":  # None: reaped meanwhile
                 return True
     return False
 
@@ -151,17 +158,19 @@ def _tasks_prefix(state: Path) -> str:
 
 
 def _outside_its_bundle(pid: int, tasks: str, namespace: str, task_id: str) -> bool:
-    """Whether ``pid`` is still the shim of ``namespace``/``task_id`` started
-    under ``tasks`` and no longer works in that id's bundle (deleted, or
-    renamed to ``.<id>``)."""
+    """Whether shim ``pid`` of ``namespace``/``task_id`` works under ``tasks``
+    but no longer in that id's bundle (deleted, or renamed to ``.<id>``)."""
+    cwd = _cwd(pid)
+    return cwd is not None and cwd.startswith(tasks) and cwd != f"{tasks}{namespace}/{task_id}"
+
+
+def _still_the_shim(pid: int, namespace: str, task_id: str) -> bool:
+    """Whether ``pid`` is (still) the runc shim of ``namespace``/``task_id``."""
     args = _cmdline(str(pid))
     if not args or _SHIM not in os.path.basename(args[0]):
         return False
     flags = dict(itertools.pairwise(args))
-    if flags.get(b"-namespace") != namespace.encode() or flags.get(b"-id") != task_id.encode():
-        return False
-    cwd = _cwd(pid)
-    return cwd is not None and cwd.startswith(tasks) and cwd != f"{tasks}{namespace}/{task_id}"
+    return flags.get(b"-namespace") == namespace.encode() and flags.get(b"-id") == task_id.encode()
 
 
 def _strays(state: Path, namespace: str | None, task_id: str | None) -> list[tuple[int, str, str]]:
@@ -199,8 +208,8 @@ def stop_stray_shims(
     them."""
     tasks = _tasks_prefix(state)
     killed: list[int] = []
+    ignore = task_id if task_unknown else None
     for pid, ns, tid in _strays(state, namespace, task_id):
-        ignore = task_id if task_unknown else None
         outcome = _kill_stray(pid, tasks, ns, tid, ignore)
         if outcome == "killed":
             log.info("stopped shim %d of %s/%s: its bundle is gone, no containerd reaches it",
@@ -226,7 +235,9 @@ def _kill_stray(pid: int, tasks: str, namespace: str, task_id: str, ignore: str 
     except OSError:
         return "gone"
     try:
-        if not _outside_its_bundle(pid, tasks, namespace, task_id):
+        if not _still_the_shim(pid, namespace, task_id) or not _outside_its_bundle(
+            pid, tasks, namespace, task_id
+        ):
             return "gone"
         sockets = _listening(pid)
         if sockets is None or _named_by_a_bundle(tasks + namespace, sockets, ignore):
@@ -370,11 +381,12 @@ def _runc_init_pid(container: Path) -> int | None:
 
 def _served_elsewhere(pid: int, tasks: str) -> bool:
     """Whether ``pid``'s parent is a shim that does not work under ``tasks``."""
+    fields = _stat(pid)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        parent = int(stat[stat.rfind(b")") + 2 :].split()[1])
-    except (OSError, ValueError, IndexError):
+        parent = int(fields[1]) if fields else 0
+    except (ValueError, IndexError):
+        parent = 0
+    if not parent:
         return False  # gone: nothing to spare
     args = _cmdline(str(parent))
     if not args or _SHIM not in os.path.basename(args[0]):
@@ -450,12 +462,10 @@ def settle_lost_task(state: Path | None, namespace: str, task_id: str) -> bool:
 
 def clear_for_create(state: Path, root: Path | None, namespace: str, task_id: str) -> bool:
     """A Create of ``task_id`` failed with :data:`DEAD_BUNDLE_ERROR`: stop a
-    stray shim of the id (:func:`stop_stray_shims`), let a clean-up containerd
-    has under way finish (:func:`wait_task_gone`), then remove what is still
-    dead. Whether a Create may be tried again (no bundle
-    is left at the task's path)."""
-    stopped = stop_stray_shims(state, namespace, task_id, task_unknown=True)
-    wait_task_gone(state, namespace, task_id, shim_seen=stopped > 0)
+    stray shim of the id and let a clean-up containerd has under way finish
+    (:func:`settle_lost_task`), then remove what is still dead. Whether a
+    Create may be tried again (no bundle is left at the task's path)."""
+    settle_lost_task(state, namespace, task_id)
     removed = clear_dead_bundle(state, root, namespace, task_id)
     return removed or not os.path.lexists(state / _TASKS / namespace / task_id)
 

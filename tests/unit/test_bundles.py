@@ -125,6 +125,14 @@ def _fake_shim(
     return shim
 
 
+def _bundle_naming(state: Path, name: str, socket_path: str) -> Path:
+    """A bundle whose ``address`` names ``socket_path``, as a Create that
+    reached a shim on that socket leaves it."""
+    path = bundle(state, name, "config.json", "runtime")
+    (path / "address").write_text(f"unix://{socket_path}")
+    return path
+
+
 def _socket_path() -> str:
     """A short path for a unix socket (their paths are limited to 107 bytes)."""
     return os.path.join(tempfile.mkdtemp(prefix="s-"), "s")
@@ -297,8 +305,7 @@ def test_a_stray_an_id_s_bundle_may_reach_is_left_unless_the_task_is_unknown(
     shim = _fake_shim("z", 30, cwd=old, listen=socket_path)
     try:
         shutil.rmtree(old)
-        current = bundle(state, "z", "config.json", "runtime")
-        (current / "address").write_text(f"unix://{socket_path}")
+        current = _bundle_naming(state, "z", socket_path)
         assert stop_stray_shims(state) == 0
         sweep_dead_bundles(state, None)
         assert shim.poll() is None and current.exists()
@@ -321,8 +328,7 @@ def test_a_grouped_shim_whose_first_members_bundle_went_serves_the_others(
     socket_path = _socket_path()
     shim = _fake_shim("g1", 30, cwd=first, listen=socket_path)
     try:
-        other = bundle(state, "g2", "config.json", "runtime")
-        (other / "address").write_text(f"unix://{socket_path}")
+        other = _bundle_naming(state, "g2", socket_path)
         shutil.rmtree(first)
         assert stop_stray_shims(state) == 0
         assert stop_stray_shims(state, NS, "g1", task_unknown=True) == 0
